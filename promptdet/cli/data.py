@@ -1,0 +1,120 @@
+"""`promptdet data ...`: make, convert and look at instruction-tuning data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from promptdet.cli._common import parse_size, user_errors
+
+app = typer.Typer(help="Make, convert and preview instruction-tuning data.", no_args_is_help=True)
+
+SPLIT_HELP = "Template split: 'train' and 'test' use disjoint wordings."
+
+
+def _check_split(split: str) -> str:
+    if split not in ("train", "test"):
+        raise typer.BadParameter(f"must be 'train' or 'test', got {split!r}")
+    return split
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Output folder for images/, scenes.jsonl, instructions.jsonl."),
+    num: int = typer.Option(..., "--num", min=1, help="Number of scenes to render."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
+    size: str = typer.Option("640x480", "--size", callback=lambda v: parse_size(v), help="Image size WIDTHxHEIGHT."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Render processes; 0 = one per CPU core."),
+    instruct: bool = typer.Option(True, "--instruct/--no-instruct", help="Also write instructions.jsonl."),
+    split: str = typer.Option("train", "--split", callback=_check_split, help=SPLIT_HELP),
+    per_image: int = typer.Option(6, "--per-image", min=1, help="Instructions per image."),
+    absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=1.0,
+                                      help="Share of instructions whose target is absent (empty boxes)."),
+) -> None:
+    """Render synthetic conveyor-belt scenes with exact boxes, and instructions for them."""
+    from promptdet.data.synth.generate import synthesize
+
+    with user_errors():
+        t0 = time.perf_counter()
+        report = synthesize(out, num, seed=seed, size_wh=size, workers=workers, instruct=instruct,
+                            split=split, per_image=per_image, absent_rate=absent_rate)
+        dt = time.perf_counter() - t0
+    typer.echo(f"wrote {report.num_images} images with {report.num_objects} parts to {out} in {dt:.1f} s", err=True)
+    if instruct:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.pairs_per_type.items()))
+        typer.echo(f"wrote {report.num_pairs} instructions ({kinds}) to {out / 'instructions.jsonl'}", err=True)
+
+
+@app.command()
+def instruct(
+    scenes: Path = typer.Argument(..., help="A scenes.jsonl, or the folder that holds it."),
+    out: Path = typer.Option(None, "--out", help="Output JSONL (default: instructions.jsonl beside the scenes)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the wordings."),
+    split: str = typer.Option("train", "--split", callback=_check_split, help=SPLIT_HELP),
+    per_image: int = typer.Option(6, "--per-image", min=1, help="Instructions per image."),
+    absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=1.0,
+                                      help="Share of instructions whose target is absent (empty boxes)."),
+) -> None:
+    """Write instruction pairs for existing scenes (for example the test split's wordings)."""
+    from promptdet.data.synth.generate import read_scenes, write_instructions
+
+    with user_errors():
+        records = read_scenes(scenes)
+        root = scenes if scenes.is_dir() else scenes.parent
+        target = out or root / "instructions.jsonl"
+        counts = write_instructions(records, target, seed=seed, split=split, per_image=per_image,
+                                    absent_rate=absent_rate)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    typer.echo(f"wrote {sum(counts.values())} instructions ({kinds}) to {target}", err=True)
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="The source: a COCO JSON, a YOLO folder, a RefCOCO folder or an ODVG JSONL."),
+    fmt: str = typer.Option(..., "--from", help="Source format: coco, yolo, refcoco or odvg."),
+    out: Path = typer.Option(..., "--out", help="Output folder for instructions.jsonl."),
+    images_root: Path = typer.Option(None, "--images", help="Folder the source's image paths are relative to "
+                                     "(default: found from the source's layout)."),
+    subset: str = typer.Option(None, "--subset", help="The source's own split to read: refcoco train/val/testA/testB, "
+                               "or a key of a YOLO data.yaml (default: all)."),
+    label_map: Path = typer.Option(None, "--label-map", help="ODVG only: a JSON file mapping label ids to names."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the wordings."),
+    split: str = typer.Option("train", "--split", callback=_check_split, help=SPLIT_HELP),
+    absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=0.95,
+                                      help="Share of instructions whose target is absent (empty boxes)."),
+    copy_images: bool = typer.Option(False, "--copy-images", help="Copy images into OUT/images/ instead of referring to them."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/instructions.jsonl."),
+) -> None:
+    """Convert COCO, YOLO, RefCOCO or ODVG annotations into instruction pairs."""
+    from promptdet.data.formats import IMPORTERS
+
+    if fmt not in IMPORTERS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of: {', '.join(sorted(IMPORTERS))}",
+                                 param_hint="--from")
+    options = {"label_map": label_map} if label_map is not None else {}
+    if options and fmt != "odvg":
+        raise typer.BadParameter("only the odvg format takes a label map", param_hint="--label-map")
+    from promptdet.data.convert import convert as run_convert
+
+    with user_errors():
+        report = run_convert(fmt, src, out, seed=seed, split=subset, templates=split, absent_rate=absent_rate,
+                             copy_images=copy_images, images_root=images_root, overwrite=overwrite, **options)
+    typer.echo(report.summary(), err=True)
+
+
+@app.command()
+def preview(
+    data: Path = typer.Argument(..., help="A synthetic data folder (with scenes.jsonl)."),
+    out: Path = typer.Option(Path("preview.png"), "--out", help="Output PNG."),
+    num: int = typer.Option(16, "--num", min=1, max=64, help="Scenes on the sheet."),
+    columns: int = typer.Option(4, "--columns", min=1, help="Scenes per row."),
+    tile_width: int = typer.Option(480, "--tile-width", min=64, help="Width of each scene on the sheet, in pixels."),
+) -> None:
+    """Draw a contact sheet of scenes with their boxes and labels."""
+    from promptdet.data.preview import contact_sheet
+
+    with user_errors():
+        n = contact_sheet(data, out, num=num, columns=columns, tile_width=tile_width)
+    typer.echo(f"wrote a contact sheet of {n} scenes to {out}", err=True)

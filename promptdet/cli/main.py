@@ -1,0 +1,134 @@
+"""The `promptdet` command. Commands are thin: they parse options and call the packages."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from promptdet import __version__
+from promptdet.cli import data
+from promptdet.cli._common import not_implemented
+
+app = typer.Typer(
+    name="promptdet",
+    help="Instruction-tuned promptable object detection: say what to find, get boxes or a clear empty answer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"promptdet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+@app.command()
+def checks() -> None:
+    """Print versions, onnxruntime providers, the text encoder found, and torch threads."""
+    from promptdet.checks import collect_checks
+
+    for name, value in collect_checks():
+        typer.echo(f"{name:<22} {value}")
+
+
+@app.command()
+def detect(
+    sources: list[str] = typer.Argument(None, help="Images, folders, globs, videos or camera indices."),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="What to find; repeat for several prompts."),
+    weights: str = typer.Option(None, "--weights", help="Weights or export folder (default: the bundled model)."),
+    conf: float = typer.Option(0.25, "--conf", help="Score threshold, the same for every prompt."),
+    iou: float = typer.Option(0.6, "--iou", help="NMS IoU threshold."),
+    imgsz: int = typer.Option(640, "--imgsz", help="Inference size in pixels."),
+    backend: str = typer.Option("torch", "--backend", help="torch or onnx."),
+    out: Path = typer.Option(None, "--out", help="Folder for saved results."),
+) -> None:
+    """Find what the prompts describe in images, videos or a camera."""
+    raise not_implemented("detect", 4)
+
+
+@app.command()
+def train(
+    data_path: str = typer.Option(..., "--data", help="Dataset YAML, instruction JSONL, or the folder holding it."),
+    model: str = typer.Option("configs/promptdet-n.yaml", "--model", help="Model config."),
+    weights: str = typer.Option(None, "--weights", help="Start from these weights."),
+    epochs: int = typer.Option(50, "--epochs", help="Training epochs."),
+    imgsz: int = typer.Option(640, "--imgsz", help="Training image size."),
+    batch: int = typer.Option(16, "--batch", help="Images per step."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Resume from the run folder's last checkpoint."),
+) -> None:
+    """Train a promptable detector on instruction pairs."""
+    raise not_implemented("train", 3)
+
+
+@app.command()
+def val(
+    data_path: str = typer.Option(..., "--data", help="Dataset YAML, instruction JSONL, or the folder holding it."),
+    weights: str = typer.Option(..., "--weights", help="Weights to evaluate."),
+    imgsz: int = typer.Option(640, "--imgsz", help="Evaluation image size."),
+    plots: bool = typer.Option(False, "--plots", help="Also write PR curves."),
+) -> None:
+    """Evaluate per instruction type: AP, Acc@0.5 and the absent false-positive rate."""
+    raise not_implemented("val", 3)
+
+
+@app.command()
+def export(
+    weights: str = typer.Option(..., "--weights", help="Weights to export."),
+    out: Path = typer.Option(Path("export"), "--out", help="Output folder."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format."),
+    imgsz: int = typer.Option(640, "--imgsz", help="Export image size."),
+) -> None:
+    """Export to ONNX: a text encoder and a detector whose prompts stay changeable."""
+    raise not_implemented("export", 5)
+
+
+@app.command()
+def inspect(
+    config: Path = typer.Option(..., "--config", help="Line recipe YAML."),
+    source: str = typer.Option(None, "--source", help="Override the recipe's source."),
+    out: Path = typer.Option(None, "--out", help="Where the file sinks write."),
+) -> None:
+    """Run an inspection line: camera -> model -> verdict -> PLC, MQTT or a log."""
+    raise not_implemented("inspect", 6)
+
+
+def main() -> None:
+    """Entry point: a usage error is one line on stderr and exit code 2, not a boxed panel."""
+    try:
+        code = app(standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - click's (or typer's vendored click's) own errors
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            # A bug of ours, not the user's: still one line, the traceback only on request.
+            if os.environ.get("PROMPTDET_DEBUG"):
+                raise
+            typer.echo(f"error: internal error: {type(exc).__name__}: {exc} "
+                       "(set PROMPTDET_DEBUG=1 for the traceback, and please report it)", err=True)
+            sys.exit(1)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: show its help, as --help would
+            typer.echo(exc.ctx.get_help() if getattr(exc, "ctx", None) else exc.format_message())
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

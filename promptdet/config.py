@@ -1,0 +1,110 @@
+"""Typed configuration. YAML is only the file form of these dataclasses; an unknown key is an error."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from promptdet.errors import PromptdetError
+
+T = TypeVar("T")
+
+SOURCE_FORMATS = ("synth", "jsonl", "coco", "yolo", "refcoco", "odvg")
+
+
+class ConfigError(PromptdetError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class SourceConfig:
+    """One data source of a dataset split.
+
+    path: relative to the dataset's ``root``. format: one of SOURCE_FORMATS ('synth' is a folder
+    with scenes.jsonl whose instructions can be drawn anew each epoch). weight: relative sampling
+    weight when sources are mixed.
+    """
+
+    path: str
+    format: str = "jsonl"
+    weight: float = 1.0
+
+
+@dataclass
+class DatasetConfig:
+    """What ``--data`` takes: train/val/test sources, where they live, and how to make them again."""
+
+    name: str = "dataset"
+    root: str = "."
+    regenerate: str = ""
+    train: list[SourceConfig] = field(default_factory=list)
+    val: list[SourceConfig] = field(default_factory=list)
+    test: list[SourceConfig] = field(default_factory=list)
+    file: str = ""  # where it was read from; set by the loader, not in YAML
+
+    def root_dir(self) -> Path:
+        base = Path(self.file).parent if self.file else Path.cwd()
+        return (base / self.root).resolve()
+
+    def source_path(self, source: SourceConfig) -> Path:
+        return self.root_dir() / source.path
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types name the key and ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "file"}
+    hints = get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(fields)})"
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and n not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing key '{missing[0]}'")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if hint in (str,) and not isinstance(value, str):
+            raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+            value = float(value)
+        if hint == list[SourceConfig]:
+            if value is None:
+                value = []
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}.{key}: expected a list of sources, got {value!r}")
+            value = [from_dict(SourceConfig, v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_dataset_config(path: str | Path) -> DatasetConfig:
+    """Read a dataset YAML; every source's format is checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"dataset config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    cfg = from_dict(DatasetConfig, data or {}, str(path))
+    cfg.file = str(path)
+    for split in ("train", "val", "test"):
+        for i, src in enumerate(getattr(cfg, split)):
+            if src.format not in SOURCE_FORMATS:
+                raise ConfigError(f"{path}: {split}[{i}].format: unknown format '{src.format}' "
+                                  f"(valid: {', '.join(SOURCE_FORMATS)})")
+            if src.weight <= 0:
+                raise ConfigError(f"{path}: {split}[{i}].weight: must be positive, got {src.weight}")
+    return cfg
