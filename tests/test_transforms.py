@@ -414,3 +414,12 @@ def test_rejects_bad_probability():
         InstructionAugment(hflip=1.5)
     with pytest.raises(ValueError):
         InstructionAugment(crop_min_scale=0.0)
+
+
+def test_grayscale_and_bad_dtype():
+    grey = np.full((60, 80), 100, np.uint8)
+    pairs = [InstructionPair("g.jpg", "the left bolt", [[10.0, 10.0, 30.0, 30.0]])]
+    out, new = InstructionAugment(**ALL_ON)(grey, pairs, rng=np.random.default_rng(0))
+    assert out.ndim == 2 and new[0].instruction == "the right bolt"
+    with pytest.raises(ValueError):
+        InstructionAugment()(grey.astype(np.float32), pairs, rng=np.random.default_rng(0))

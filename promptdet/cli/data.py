@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -11,27 +12,32 @@ from promptdet.cli._common import parse_size, user_errors
 
 app = typer.Typer(help="Make, convert and preview instruction-tuning data.", no_args_is_help=True)
 
-SPLIT_HELP = "Template split: 'train' and 'test' use disjoint wordings."
-
-
 def _check_split(split: str) -> str:
     if split not in ("train", "test"):
         raise typer.BadParameter(f"must be 'train' or 'test', got {split!r}")
     return split
 
 
+# Options several data commands share, declared once so their names, defaults and help agree.
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
+SplitOpt = Annotated[str, typer.Option("--split", callback=_check_split,
+                                       help="Template split: 'train' and 'test' use disjoint wordings.")]
+PerImageOpt = Annotated[int, typer.Option("--per-image", min=1, help="Instructions per image.")]
+AbsentRateOpt = Annotated[float, typer.Option("--absent-rate", min=0.0, max=0.95,
+                                              help="Share of instructions whose target is absent (empty boxes).")]
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Output folder for images/, scenes.jsonl, instructions.jsonl."),
     num: int = typer.Option(..., "--num", min=1, help="Number of scenes to render."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
+    seed: SeedOpt = 0,
     size: str = typer.Option("640x480", "--size", callback=lambda v: parse_size(v), help="Image size WIDTHxHEIGHT."),
     workers: int = typer.Option(0, "--workers", min=0, help="Render processes; 0 = one per CPU core."),
     instruct: bool = typer.Option(True, "--instruct/--no-instruct", help="Also write instructions.jsonl."),
-    split: str = typer.Option("train", "--split", callback=_check_split, help=SPLIT_HELP),
-    per_image: int = typer.Option(6, "--per-image", min=1, help="Instructions per image."),
-    absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=1.0,
-                                      help="Share of instructions whose target is absent (empty boxes)."),
+    split: SplitOpt = "train",
+    per_image: PerImageOpt = 6,
+    absent_rate: AbsentRateOpt = 0.2,
 ) -> None:
     """Render synthetic conveyor-belt scenes with exact boxes, and instructions for them."""
     from promptdet.data.synth.generate import synthesize
@@ -51,11 +57,10 @@ def synth(
 def instruct(
     scenes: Path = typer.Argument(..., help="A scenes.jsonl, or the folder that holds it."),
     out: Path = typer.Option(None, "--out", help="Output JSONL (default: instructions.jsonl beside the scenes)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the wordings."),
-    split: str = typer.Option("train", "--split", callback=_check_split, help=SPLIT_HELP),
-    per_image: int = typer.Option(6, "--per-image", min=1, help="Instructions per image."),
-    absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=1.0,
-                                      help="Share of instructions whose target is absent (empty boxes)."),
+    seed: SeedOpt = 0,
+    split: SplitOpt = "train",
+    per_image: PerImageOpt = 6,
+    absent_rate: AbsentRateOpt = 0.2,
 ) -> None:
     """Write instruction pairs for existing scenes (for example the test split's wordings)."""
     from promptdet.data.synth.generate import read_scenes, write_instructions
@@ -80,10 +85,9 @@ def convert(
     subset: str = typer.Option(None, "--subset", help="The source's own split to read: refcoco train/val/testA/testB, "
                                "or a key of a YOLO data.yaml (default: all)."),
     label_map: Path = typer.Option(None, "--label-map", help="ODVG only: a JSON file mapping label ids to names."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the wordings."),
-    split: str = typer.Option("train", "--split", callback=_check_split, help=SPLIT_HELP),
-    absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=0.95,
-                                      help="Share of instructions whose target is absent (empty boxes)."),
+    seed: SeedOpt = 0,
+    split: SplitOpt = "train",
+    absent_rate: AbsentRateOpt = 0.2,
     copy_images: bool = typer.Option(False, "--copy-images", help="Copy images into OUT/images/ instead of referring to them."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/instructions.jsonl."),
 ) -> None:

@@ -28,15 +28,19 @@ Images are BGR uint8 (as read by cv2). Everything is deterministic given ``rng``
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from typing import Sequence
 
-import albumentations as A
-import cv2
-import numpy as np
+# albumentations otherwise asks PyPI for a newer version at import time (up to 2 s, network).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from promptdet.data.pairs import InstructionPair
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from promptdet.data.pairs import InstructionPair  # noqa: E402
 
 __all__ = [
     "InstructionAugment",
@@ -354,8 +358,9 @@ class InstructionAugment:
         if rng is None:
             rng = np.random.default_rng()
         img = np.asarray(image_bgr)
-        if img.ndim not in (2, 3):
-            raise ValueError(f"image must be HxW or HxWxC, got shape {img.shape}")
+        if img.ndim not in (2, 3) or img.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 HxW or HxWxC (BGR, as cv2.imread gives), "
+                             f"got {img.dtype} {img.shape}")
         H, W = img.shape[:2]
         pairs = list(pairs)
         texts = [p.instruction for p in pairs]
@@ -519,6 +524,4 @@ class InstructionAugment:
         patch = bank[oy:oy + H, ox:ox + W, :C]
         if img.ndim == 2:
             patch = patch[:, :, 0]
-        if img.dtype != np.uint8:
-            return (img.astype(np.float32) + sigma * patch).astype(img.dtype)
         return cv2.addWeighted(img, 1.0, patch, sigma, 0.0, dtype=cv2.CV_8U)

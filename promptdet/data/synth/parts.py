@@ -10,6 +10,7 @@ direction passed in is already expressed in the part's canonical frame.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -17,7 +18,7 @@ import numpy as np
 
 COLOR_BGR = {
     "red": (42, 40, 198), "green": (55, 152, 48), "blue": (196, 98, 30), "yellow": (36, 206, 232),
-    "orange": (22, 122, 246), "white": (236, 236, 232), "black": (34, 34, 37), "silver": (150, 148, 144),
+    "orange": (22, 122, 246), "white": (236, 236, 232), "black": (34, 34, 37), "silver": (162, 160, 156),
 }
 # (diffuse weight, specular strength, shininess). White stays flat and bright so it never reads as
 # silver; silver gets strong highlights and brushed streaks; black gets a visible specular.
@@ -352,8 +353,8 @@ def gear(rng, D, color, defect, px):
     height = np.minimum(height, np.maximum(-d, 0) * 1.5 + 2)
     base = _fill(u.shape, color)
     base *= (1 - 0.08 * web)[..., None]
-    region = (0.0, 0.0, 0.68 * R, 0.68 * R)
-    surface = alpha * (r > 0.3 * R) * (r < rr)
+    region = (0.0, 0.0, 0.82 * R, 0.82 * R)
+    surface = alpha * (r > 0.3 * R) * (r < rr + 0.5 * depth)
     return _part(alpha, height, base, 1.0, surface, region, r * 2.5, px)
 
 
@@ -374,7 +375,7 @@ def shade(rng, part: Part, color: str, light) -> np.ndarray:
     ndl = (-gx * lx - gy * ly) * inv + lz * inv
     diff = (1.0 - kd * lz) + kd * ndl
     hx, hy, hz = lx, ly, lz + 1.0
-    n = np.sqrt(hx * hx + hy * hy + hz * hz)
+    n = math.sqrt(hx * hx + hy * hy + hz * hz)  # a Python float keeps the arrays float32
     ndh = np.clip(((-gx * hx - gy * hy) * inv + hz * inv) / n, 0, 1)
     spec = ndh ** shin * (ks * 255.0) * part.ks
     base = part.base
@@ -391,5 +392,5 @@ def shade(rng, part: Part, color: str, light) -> np.ndarray:
     if color == "black":
         # A light rim so dark parts separate from a grey belt.
         rim = part.alpha - cv2.erode(part.alpha, np.ones((3, 3), np.uint8))
-        out += (62.0 * np.clip(rim, 0, 1))[..., None]
+        out += (62.0 * min(1.0, part.px) * np.clip(rim, 0, 1))[..., None]
     return out
