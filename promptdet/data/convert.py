@@ -92,7 +92,7 @@ def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | N
     if exists and not any(exists.values()):
         example = next(iter(exists))
         raise FileNotFoundError(f"none of the {len(exists)} images were found under {images_dir} "
-                                f"(e.g. {images_dir / example}); pass images_root")
+                                f"(e.g. {images_dir / example}); point --images (images_root) at the image folder")
     missing = sum(1 for ok in exists.values() if not ok)
     if missing:
         skipped["image_missing"] += missing

@@ -175,7 +175,7 @@ def import_yolo(src: Path, *, images_root: Path | None = None, seed: int = 0, sp
     elif (root / "images").is_dir():
         image_dirs = [root / "images"]
     else:
-        raise FileNotFoundError(f"{root}: no images/ folder; pass images_root (the folder holding images/ and labels/)")
+        raise FileNotFoundError(f"{root}: no images/ folder; point --images (images_root) at the folder holding images/ and labels/")
 
     images = sorted({p for d in image_dirs for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()})
     skipped: Counter = Counter()
