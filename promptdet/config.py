@@ -108,3 +108,59 @@ def load_dataset_config(path: str | Path) -> DatasetConfig:
             if src.weight <= 0:
                 raise ConfigError(f"{path}: {split}[{i}].weight: must be positive, got {src.weight}")
     return cfg
+
+
+@dataclass
+class ModelConfig:
+    """The detector's architecture. ``text_encoder`` None is the offline all-MiniLM-L6-v2.
+
+    scale: backbone/neck size (n, s, m). embed_dim: width of region and prompt embeddings.
+    max_candidates: peaks per (image, prompt) that the reasoning stage rescores.
+    """
+
+    scale: str = "n"
+    embed_dim: int = 128
+    reg_max: int = 1
+    reason_layers: int = 2
+    reason_heads: int = 4
+    max_candidates: int = 48
+    text_encoder: str | None = None
+    text_dim: int = 384
+    max_tokens: int = 48
+    text_trainable_layers: int = 0
+    imgsz: int = 640
+
+    def validate(self, where: str = "model config") -> "ModelConfig":
+        if self.scale not in ("n", "s", "m"):
+            raise ConfigError(f"{where}: scale: unknown scale '{self.scale}' (valid: n, s, m)")
+        if self.embed_dim % self.reason_heads:
+            raise ConfigError(f"{where}: embed_dim ({self.embed_dim}) must be divisible by reason_heads ({self.reason_heads})")
+        if self.imgsz % 32 or self.imgsz < 64:
+            raise ConfigError(f"{where}: imgsz must be a multiple of 32 and at least 64, got {self.imgsz}")
+        return self
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read a model YAML (``configs/promptdet-n.yaml``); unknown keys are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    return model_config_from_dict(data, str(path))
+
+
+def model_config_from_dict(data: dict, where: str) -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            raise ConfigError(f"{where}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        expected = int if names[key].type in ("int", int) else None
+        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+    return ModelConfig(**data).validate(where)

@@ -10,7 +10,7 @@ import typer
 
 from promptdet import __version__
 from promptdet.cli import data
-from promptdet.cli._common import not_implemented
+from promptdet.cli._common import not_implemented, user_errors
 
 app = typer.Typer(
     name="promptdet",
@@ -61,27 +61,59 @@ def detect(
 @app.command()
 def train(
     data_path: str = typer.Option(..., "--data", help="Dataset YAML, instruction JSONL, or the folder holding it."),
-    model: str = typer.Option("configs/promptdet-n.yaml", "--model", help="Model config."),
-    weights: str = typer.Option(None, "--weights", help="Start from these weights."),
-    epochs: int = typer.Option(50, "--epochs", help="Training epochs."),
-    imgsz: int = typer.Option(640, "--imgsz", help="Training image size."),
-    batch: int = typer.Option(16, "--batch", help="Images per step."),
-    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder."),
+    model: str = typer.Option("n", "--model", help="Model scale (n, s, m) or a model YAML such as configs/promptdet-n.yaml."),
+    weights: str = typer.Option(None, "--weights", help="Start from this promptdet checkpoint (fine-tuning)."),
+    backbone_weights: str = typer.Option(None, "--backbone-weights",
+                                         help="Start the backbone and neck from a YOLO26 state_dict (.safetensors or .pt of tensors)."),
+    epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
+    imgsz: int = typer.Option(640, "--imgsz", min=64, help="Training image size (a multiple of 32)."),
+    batch: int = typer.Option(16, "--batch", min=1, help="Images per step (per process under torchrun)."),
+    prompts_per_image: int = typer.Option(6, "--prompts-per-image", min=1, help="Instructions per image per step."),
+    lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: checkpoints, results.csv, plots."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the run folder's last checkpoint."),
+    replay: str = typer.Option(None, "--replay", help="Base data to mix in while fine-tuning, so earlier skills stay."),
+    replay_ratio: float = typer.Option(0.3, "--replay-ratio", min=0.0, max=0.9, help="Share of samples drawn from --replay."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Data loader processes (0 = in the training process)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
-    """Train a promptable detector on instruction pairs."""
-    raise not_implemented("train", 3)
+    """Train a promptable detector on instruction pairs (DDP under torchrun)."""
+    with user_errors():
+        import promptdet
+        from promptdet.api import PromptDet, resolve_model_config
+
+        m = promptdet.load(weights) if weights else PromptDet(resolve_model_config(model))
+        metrics = m.train(data_path, epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), resume=resume,
+                          backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
+                          replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed)
+    if metrics:
+        from promptdet.train.evaluate import format_table
+
+        typer.echo(format_table(metrics), err=True)
+    typer.echo(f"run folder: {out}", err=True)
 
 
 @app.command()
 def val(
     data_path: str = typer.Option(..., "--data", help="Dataset YAML, instruction JSONL, or the folder holding it."),
-    weights: str = typer.Option(..., "--weights", help="Weights to evaluate."),
-    imgsz: int = typer.Option(640, "--imgsz", help="Evaluation image size."),
+    weights: str = typer.Option(..., "--weights", help="Checkpoint to evaluate (best.safetensors or its run folder)."),
+    split: str = typer.Option("val", "--split", help="Which split of the dataset YAML: val or test."),
+    imgsz: int = typer.Option(None, "--imgsz", help="Evaluation image size (default: the size it was trained at)."),
+    conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Threshold for the absent false-positive rate and recall."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    out: Path = typer.Option(Path("runs/val"), "--out", help="Folder for metrics.json (and PR curves with --plots)."),
     plots: bool = typer.Option(False, "--plots", help="Also write PR curves."),
 ) -> None:
     """Evaluate per instruction type: AP, Acc@0.5 and the absent false-positive rate."""
-    raise not_implemented("val", 3)
+    with user_errors():
+        import promptdet
+        from promptdet.train.evaluate import format_table
+
+        metrics = promptdet.load(weights).val(data_path, split=split, imgsz=imgsz, conf=conf, plots=plots,
+                                              out=str(out), device=device)
+    typer.echo(format_table(metrics))
+    typer.echo(f"metrics written to {out / 'metrics.json'}", err=True)
 
 
 @app.command()

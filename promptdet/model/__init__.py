@@ -1,0 +1,1 @@
+"""The promptable detector (torch). Import from the submodules; nothing runs at import."""

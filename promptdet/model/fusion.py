@@ -1,0 +1,105 @@
+"""Text-guided reasoning over a prompt's candidate regions (stage 2).
+
+Similarity alone can find "bolts" but not "the leftmost bolt", "the nut left of the gear" or
+"washers, if there are more than two": those need the candidates compared with one another. For
+each (image, prompt) the peaks of the stage-1 map (local maxima, so one object is not many
+candidates) become tokens carrying the region embedding, the box geometry and the stage-1 score.
+A small transformer lets them attend to each other and to the prompt's word features, and
+rescores them. Every (image, prompt) row is processed on its own, so prompts stay independent.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG = -1e4  # "not a candidate": finite so that fp16 exports and sigmoid stay well defined
+
+
+class ReasoningLayer(nn.Module):
+    """Pre-norm transformer layer: self-attention among candidates, cross-attention to words, FFN."""
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int = 2):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim * ffn_mult), nn.GELU(), nn.Linear(dim * ffn_mult, dim))
+
+    def forward(self, x, pad_mask, words, word_pad_mask):
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h, key_padding_mask=pad_mask, need_weights=False)[0]
+        h = self.norm2(x)
+        x = x + self.cross_attn(h, words, words, key_padding_mask=word_pad_mask, need_weights=False)[0]
+        return x + self.ffn(self.norm3(x))
+
+
+def select_peaks(logits: torch.Tensor, level_hw: list[tuple[int, int]], max_candidates: int):
+    """Top local maxima of a stage-1 map. logits [N, A] -> (idx [N, M] long, valid [N, M] bool)."""
+    n = logits.shape[0]
+    peaks, start = [], 0
+    for h, w in level_hw:
+        lvl = logits[:, start:start + h * w].reshape(n, 1, h, w)
+        pooled = F.max_pool2d(lvl, 3, 1, 1)
+        peaks.append(torch.where(lvl >= pooled, lvl, torch.full_like(lvl, NEG)).reshape(n, h * w))
+        start += h * w
+    peak_logits = torch.cat(peaks, 1)
+    m = min(max_candidates, peak_logits.shape[1])
+    top, idx = peak_logits.topk(m, dim=1)
+    return idx, top > NEG / 2
+
+
+class CandidateReasoner(nn.Module):
+    """Rescore each prompt's candidate regions.
+
+    Inputs: stage-1 ``logits [B, K, A]``, ``region_embeds [B, A, D]``, ``boxes_norm [B, A, 4]``
+    (xyxy divided by the input size), ``prompt_vecs [B|1, K, D]``, ``word_feats [B|1, K, T, D]``,
+    ``word_mask [B|1, K, T]`` (True = a real token).
+    Returns ``cand_idx [B, K, M]`` (anchor indices), ``cand_logits [B, K, M]`` and ``cand_valid``.
+    """
+
+    def __init__(self, dim: int, layers: int = 2, heads: int = 4, max_candidates: int = 64):
+        super().__init__()
+        self.max_candidates = max_candidates
+        self.geometry = nn.Sequential(nn.Linear(7, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.score_in = nn.Linear(1, dim)
+        self.layers = nn.ModuleList(ReasoningLayer(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, 1)
+        nn.init.zeros_(self.out.weight)  # start as the identity on stage-1 scores
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, logits, region_embeds, boxes_norm, level_hw, prompt_vecs, word_feats, word_mask):
+        b, k, a = logits.shape
+        d = region_embeds.shape[-1]
+        idx, valid = select_peaks(logits.reshape(b * k, a), level_hw, self.max_candidates)
+        m = idx.shape[1]
+        idx = idx.reshape(b, k, m)
+        valid = valid.reshape(b, k, m)
+
+        # Flat row indexing: its backward is a small index_add, where gather over a [B, K, A, C]
+        # expansion would materialise (and zero) that whole tensor.
+        flat_idx = (idx + torch.arange(b, device=idx.device).reshape(b, 1, 1) * a).reshape(-1)
+
+        def gather(t: torch.Tensor) -> torch.Tensor:  # [B, A, C] -> [B, K, M, C]
+            return t.reshape(b * a, t.shape[-1])[flat_idx].reshape(b, k, m, t.shape[-1])
+
+        region = gather(F.normalize(region_embeds, dim=-1))
+        box = gather(boxes_norm)
+        score = torch.gather(logits, 2, idx)
+        wh = (box[..., 2:] - box[..., :2]).clamp(min=1e-4)
+        geom = torch.cat([(box[..., :2] + box[..., 2:]) / 2, wh, box[..., :2],
+                          torch.log(wh[..., :1] * wh[..., 1:]) / 10.0], -1)  # centre, size, corner, log area
+        prompt = prompt_vecs.expand(b, k, d).unsqueeze(2)
+        x = region + self.geometry(geom) + self.score_in(score.unsqueeze(-1) / 10.0) + prompt
+        x = x.reshape(b * k, m, d)
+        pad = ~valid.reshape(b * k, m)
+        t = word_feats.shape[-2]
+        words = word_feats.expand(b, k, t, d).reshape(b * k, t, d)
+        word_pad = ~word_mask.expand(b, k, t).reshape(b * k, t)
+        for layer in self.layers:
+            x = layer(x, pad, words, word_pad)
+        delta = self.out(self.norm(x)).reshape(b, k, m)
+        cand_logits = torch.where(valid, score + delta, torch.full_like(score, NEG))
+        return idx, cand_logits, valid

@@ -1,0 +1,38 @@
+"""From a DetectorOutput to per-prompt boxes: gather the candidates, threshold, NMS per prompt.
+
+``candidate_boxes_scores`` is export-safe (gathers and a sigmoid only); NMS runs outside the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+from promptdet.model.detector import DetectorOutput
+
+
+def candidate_boxes_scores(out: DetectorOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> boxes [B, K, M, 4] xyxy input pixels, scores [B, K, M] in 0-1 (0 for non-candidates)."""
+    b, k, m = out.cand_idx.shape
+    a = out.boxes_xyxy.shape[1]
+    flat_idx = (out.cand_idx + torch.arange(b, device=out.cand_idx.device).reshape(b, 1, 1) * a).reshape(-1)
+    boxes = out.boxes_xyxy.reshape(b * a, 4)[flat_idx].reshape(b, k, m, 4)
+    return boxes, out.cand_logits.sigmoid()
+
+
+def nms_per_prompt(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0.25, iou: float = 0.6,
+                   max_det: int = 300) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """boxes [B, K, M, 4], scores [B, K, M] -> per image (boxes [N, 4], scores [N], prompt_ids [N]).
+
+    Boxes of different prompts never suppress each other: one part may answer several prompts.
+    """
+    results = []
+    b, k, m = scores.shape
+    prompt_ids = torch.arange(k, device=scores.device).repeat_interleave(m)
+    for i in range(b):
+        s = scores[i].reshape(-1)
+        keep = s >= conf
+        bx, sc, ids = boxes[i].reshape(-1, 4)[keep], s[keep], prompt_ids[keep]
+        kept = torchvision.ops.batched_nms(bx.float(), sc.float(), ids, iou)[:max_det]
+        results.append((bx[kept], sc[kept], ids[kept]))
+    return results

@@ -1,0 +1,115 @@
+"""Training loss: assignment per (image, prompt) pair, so one box can answer several prompts.
+
+Each (image, prompt) row is its own single-class detection problem. Stage 1 (the dense prompt
+similarity) learns to find the prompt's *context group* (all bolts for "the leftmost bolt", the
+nuts and the gear for "the nut left of the gear"); it is assigned with ultralytics'
+task-aligned assigner and trained with BCE, CIoU and DFL. Stage 2 (the reasoning over
+candidates) learns the answer itself, with an IoU-aware target per candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from promptdet.model._ultralytics import BboxLoss, TaskAlignedAssigner
+from promptdet.model.detector import DetectorOutput
+
+
+@dataclass
+class PromptTargets:
+    """Per (image, prompt) targets, padded to G boxes.
+
+    answer_boxes [B, K, G, 4] xyxy input pixels, answer_mask [B, K, G] bool;
+    group_boxes [B, K, Gg, 4], group_mask [B, K, Gg]: the context group (equals the answer when
+    no scene facts are known); prompt_valid [B, K] bool: padding prompts are ignored.
+    """
+
+    answer_boxes: torch.Tensor
+    answer_mask: torch.Tensor
+    group_boxes: torch.Tensor
+    group_mask: torch.Tensor
+    prompt_valid: torch.Tensor
+
+    def to(self, device) -> "PromptTargets":
+        return PromptTargets(*(t.to(device) for t in (self.answer_boxes, self.answer_mask, self.group_boxes,
+                                                       self.group_mask, self.prompt_valid)))
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [..., N, 4], b [..., G, 4] xyxy -> IoU [..., N, G]."""
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter + 1e-9)
+
+
+class PromptDetLoss:
+    """Weights follow YOLO's defaults (box 7.5, cls 0.5, dfl 1.5); ``reason`` weighs stage 2."""
+
+    def __init__(self, reg_max: int = 16, box: float = 7.5, cls: float = 0.5, dfl: float = 1.5,
+                 reason: float = 1.0, topk: int = 10):
+        self.reg_max = reg_max
+        self.weights = {"box": box, "cls": cls, "dfl": dfl, "reason": reason}
+        self.assigner = TaskAlignedAssigner(topk=topk, num_classes=1, alpha=0.5, beta=6.0)
+        self.bbox_loss = BboxLoss(reg_max)
+
+    def __call__(self, out: DetectorOutput, t: PromptTargets, imgsz_hw: tuple[int, int]):
+        b, k, a = out.dense_logits.shape
+        n = b * k
+        valid = t.prompt_valid.reshape(n)
+        stride = out.stride_tensor  # [A, 1]
+        anchors_px = out.anchor_points * stride
+
+        # ---- stage 1: every (image, prompt) row assigned on its own ----
+        logits = out.dense_logits.reshape(n, a, 1)
+        boxes_px = out.boxes_xyxy.unsqueeze(1).expand(b, k, a, 4).reshape(n, a, 4)
+        g = t.group_boxes.shape[2]
+        gt_boxes = t.group_boxes.reshape(n, g, 4)
+        gt_mask = (t.group_mask.reshape(n, g) & valid[:, None]).unsqueeze(-1)
+        with torch.no_grad():
+            _, target_boxes, target_scores, fg, _ = self.assigner(
+                logits.detach().sigmoid(), boxes_px.detach(), anchors_px, torch.zeros_like(gt_boxes[..., :1]),
+                gt_boxes, gt_mask.to(gt_boxes.dtype))
+        score_sum = target_scores.sum().clamp(min=1.0)
+        bce = F.binary_cross_entropy_with_logits(logits, target_scores, reduction="none")
+        loss_cls = (bce * valid[:, None, None]).sum() / score_sum
+
+        loss_box = loss_dfl = out.box_dist.sum() * 0.0
+        if fg.any():
+            # Gather the foreground (row, anchor) entries instead of expanding predictions to
+            # [B*K, A, ...]: rows of one image share that image's box predictions.
+            rows, anc = fg.nonzero(as_tuple=True)
+            img = torch.div(rows, k, rounding_mode="floor")
+            s = stride[anc]  # [F, 1]
+            imgsz = torch.tensor(imgsz_hw, dtype=out.box_dist.dtype, device=out.box_dist.device)
+            loss_box, loss_dfl = self.bbox_loss(
+                out.box_dist[img, anc].unsqueeze(0), (out.boxes_xyxy[img, anc] / s).unsqueeze(0), out.anchor_points[anc],
+                (target_boxes[rows, anc] / s).unsqueeze(0), target_scores[rows, anc].unsqueeze(0), score_sum,
+                torch.ones(1, len(rows), dtype=torch.bool, device=fg.device), imgsz, s)
+
+        # ---- stage 2: the answer, scored at each candidate ----
+        m = out.cand_idx.shape[-1]
+        flat_idx = (out.cand_idx + torch.arange(b, device=out.cand_idx.device).reshape(b, 1, 1) * a).reshape(-1)
+        cand_boxes = out.boxes_xyxy.detach().reshape(b * a, 4)[flat_idx].reshape(b, k, m, 4)
+        cand_points = anchors_px[out.cand_idx]  # [B, K, M, 2]
+        ans = t.answer_boxes
+        inside = ((cand_points[..., None, :] > ans[:, :, None, :, :2]) &
+                  (cand_points[..., None, :] < ans[:, :, None, :, 2:])).all(-1) & t.answer_mask[:, :, None, :]
+        iou = box_iou(cand_boxes, ans)  # [B, K, M, G]
+        # IoU-aware target with a floor, so the signal exists before boxes have converged.
+        quality = torch.where(inside, iou.clamp(min=0.3), torch.zeros_like(iou)).amax(-1) if ans.shape[2] else \
+            torch.zeros_like(out.cand_logits)
+        weight = (out.cand_valid & t.prompt_valid[:, :, None]).to(quality.dtype)
+        bce2 = F.binary_cross_entropy_with_logits(out.cand_logits, quality, reduction="none")
+        loss_reason = (bce2 * weight).sum() / quality.sum().clamp(min=1.0)
+
+        w = self.weights
+        items = {"box": loss_box * w["box"], "cls": loss_cls * w["cls"], "dfl": loss_dfl * w["dfl"],
+                 "reason": loss_reason * w["reason"]}
+        total = sum(items.values()) * b  # YOLO scales by batch size; keeps LR defaults comparable
+        return total, {key: float(v.detach()) for key, v in items.items()}

@@ -1,0 +1,332 @@
+"""The training loop: AdamW, warmup + cosine LR, EMA, gradient clipping, AMP on GPU, resume,
+per-epoch validation, best/last checkpoints, results.csv and plots. DDP-ready (torchrun).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+
+from promptdet.config import ModelConfig
+from promptdet.data.dataset import PromptDataset, collate
+from promptdet.data.sources import load_source, resolve_dataset
+from promptdet.errors import UsageError
+from promptdet.model.detector import PromptDetector
+from promptdet.train import checkpoint as ckpt
+from promptdet.train.loss import PromptDetLoss
+from promptdet.train.validate import encode_prompt_grid, fitness, validate
+
+
+@dataclass
+class TrainArgs:
+    data: str
+    out: str = "runs/train"
+    epochs: int = 50
+    imgsz: int = 640
+    batch: int = 16
+    prompts_per_image: int = 6
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    final_lr_ratio: float = 0.05
+    grad_clip: float = 10.0
+    ema_decay: float = 0.9995
+    workers: int = 1
+    seed: int = 0
+    device: str = "auto"
+    val_every: int = 1
+    val_max_pairs: int = 1500
+    augment: bool = True
+    cache_images: bool = True
+    replay: str | None = None  # base data mixed in while fine-tuning, so earlier skills are kept
+    replay_ratio: float = 0.3
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run every epoch); for smoke tests
+    progress: bool | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+class Trainer:
+    def __init__(self, args: TrainArgs, model_cfg: ModelConfig, init_weights: dict | None = None,
+                 resume: bool = False, encoder=None):
+        from promptdet.model._ultralytics import ModelEMA
+        from promptdet.text.encoder import TextEncoder
+
+        self.args, self.cfg = args, model_cfg
+        self.rank, self.local_rank, self.world = _distributed()
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+            torch.distributed.init_process_group(backend)
+        self.device = _device(args.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", self.local_rank)
+        torch.manual_seed(args.seed + self.rank)
+        self.main = self.rank == 0
+        self.out = Path(args.out)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = sys.stderr.isatty() if args.progress is None else args.progress
+
+        self.encoder = encoder or TextEncoder(model_cfg.text_encoder, model_cfg.max_tokens,
+                                              model_cfg.text_trainable_layers, cache_size=60000)
+        if self.encoder.token_dim != model_cfg.text_dim or self.encoder.dim != model_cfg.text_dim:
+            raise UsageError(f"model text_dim {model_cfg.text_dim} does not match the text encoder "
+                             f"({self.encoder.dim}-d pooled, {self.encoder.token_dim}-d tokens); set text_dim")
+        self.model = PromptDetector(model_cfg).to(self.device)
+        if init_weights:
+            missing, unexpected = self.model.load_state_dict(init_weights, strict=False)
+            if self.main and (missing or unexpected):
+                print(f"initial weights: {len(missing)} missing and {len(unexpected)} unexpected tensors",
+                      file=sys.stderr)
+        self.ema = ModelEMA(self.model, decay=args.ema_decay)
+        self.loss = PromptDetLoss(model_cfg.reg_max)
+        self.optimizer = self._optimizer()
+        self.start_epoch, self.best_fitness = 0, -1.0
+
+        self.dataset_cfg = resolve_dataset(args.data)
+        if not self.dataset_cfg.train:
+            raise UsageError(f"{args.data}: the dataset lists no train sources")
+        sources = [load_source(self.dataset_cfg, s, seed=args.seed) for s in self.dataset_cfg.train]
+        weights = [s.weight for s in self.dataset_cfg.train]
+        if args.replay:
+            base = resolve_dataset(args.replay)
+            replay = [load_source(base, s, seed=args.seed) for s in base.train]
+            sources += replay
+            weights += [None] * len(replay)
+        self.train_set = PromptDataset(sources, args.imgsz, args.prompts_per_image,
+                                       augment=self._augment() if args.augment else None, seed=args.seed,
+                                       cache=args.cache_images)
+        self.loader = self._loader(sources, weights)
+        self.val = self._val_source()
+        if resume:
+            self._resume()
+
+    # ---- setup ----
+    def _augment(self):
+        from promptdet.data.transforms import InstructionAugment
+
+        return InstructionAugment()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.args.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.args.lr, betas=(0.9, 0.999))
+
+    def _loader(self, sources, weights) -> DataLoader:
+        n = len(self.train_set)
+        if self.world > 1:
+            sampler = DistributedSampler(self.train_set, self.world, self.rank, shuffle=True, seed=self.args.seed)
+        elif len(sources) > 1:
+            sizes = np.bincount([e.source for e in self.train_set.entries], minlength=len(sources))
+            given = [w for w in weights if w is not None]
+            share = np.array([w if w is not None else 0.0 for w in weights], float)
+            if any(w is None for w in weights):  # replay sources take replay_ratio of the samples
+                share = share / max(share.sum(), 1e-9) * (1 - self.args.replay_ratio) if given else share
+                share[[i for i, w in enumerate(weights) if w is None]] = self.args.replay_ratio / weights.count(None)
+            per_item = share[[e.source for e in self.train_set.entries]] / sizes[[e.source for e in self.train_set.entries]]
+            sampler = WeightedRandomSampler(torch.as_tensor(per_item, dtype=torch.double), n, replacement=True)
+        else:
+            sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.args.seed))
+        return DataLoader(self.train_set, batch_size=self.args.batch, sampler=sampler, num_workers=self.args.workers,
+                          collate_fn=collate, drop_last=n >= self.args.batch * 2, persistent_workers=False)
+
+    def _val_source(self):
+        splits = self.dataset_cfg.val or []
+        if not splits:
+            return None
+        src = load_source(self.dataset_cfg, splits[0], seed=self.args.seed + 1)
+        pairs = src.pairs
+        if len(pairs) > self.args.val_max_pairs:  # a fixed, spread-out subset keeps epochs short
+            step = len(pairs) / self.args.val_max_pairs
+            pairs = [pairs[int(i * step)] for i in range(self.args.val_max_pairs)]
+        return pairs, src.images_root
+
+    def _lr_at(self, step: int, steps_per_epoch: int) -> float:
+        total = max(1, self.args.epochs * steps_per_epoch)
+        warm = max(1, int(self.args.warmup_epochs * steps_per_epoch))
+        if step < warm:
+            return self.args.lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        lo = self.args.final_lr_ratio
+        return self.args.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+    # ---- checkpoints ----
+    def _meta(self, epoch: int, fit: float) -> dict:
+        return {"model": asdict(self.cfg), "epoch": epoch, "fitness": fit, "best_fitness": self.best_fitness,
+                "text_encoder_identity": self.encoder.identity, "train_args": asdict(self.args)}
+
+    def _save(self, name: str, epoch: int, fit: float, with_optimizer: bool) -> None:
+        tensors = {f"model.{k}": v for k, v in self.ema.ema.state_dict().items()}
+        meta = self._meta(epoch, fit)
+        if with_optimizer:
+            tensors.update({f"train.{k}": v for k, v in self._raw_model().state_dict().items()})
+            opt_tensors, opt_plain = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
+            tensors.update(opt_tensors)
+            meta["optimizer"] = opt_plain
+            meta["ema_updates"] = self.ema.updates
+        ckpt.save_checkpoint(self.out / name, tensors, meta)
+
+    def _resume(self) -> None:
+        tensors, meta = ckpt.load_checkpoint(self.out / "last.safetensors")
+        if "optimizer" not in meta:
+            raise UsageError(f"{self.out / 'last.safetensors'} holds no optimizer state; cannot resume from it")
+        self._raw_model().load_state_dict(ckpt.split_prefix(tensors, "train"))
+        self.ema.ema.load_state_dict(ckpt.split_prefix(tensors, "model"))
+        self.ema.updates = meta["ema_updates"]
+        self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer"]))
+        self.start_epoch, self.best_fitness = meta["epoch"] + 1, meta.get("best_fitness", -1.0)
+        if self.main:
+            print(f"resumed from {self.out / 'last.safetensors'} at epoch {self.start_epoch}", file=sys.stderr)
+
+    def _raw_model(self) -> PromptDetector:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    # ---- the loop ----
+    def train(self) -> dict:
+        from tqdm import tqdm
+
+        model = self.model
+        if self.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+            self.model = model
+        use_amp = self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        steps_per_epoch = len(self.loader)
+        step = self.start_epoch * steps_per_epoch
+        metrics: dict = {}
+        history = self._read_history()
+        for epoch in range(self.start_epoch, self.args.epochs):
+            self.train_set.set_epoch(epoch)
+            if isinstance(self.loader.sampler, DistributedSampler):
+                self.loader.sampler.set_epoch(epoch)
+            model.train()
+            sums: dict[str, float] = {}
+            t0, seen = time.perf_counter(), 0
+            bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", disable=not (self.progress and self.main),
+                       file=sys.stderr, leave=False)
+            for images, prompts, targets, _ in bar:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self._lr_at(step, steps_per_epoch)
+                images = images.to(self.device, non_blocking=True).float().div_(255)
+                pooled, tokens, mask = encode_prompt_grid(self.encoder, prompts, self.device)
+                with torch.autocast(self.device.type, enabled=use_amp):
+                    out = model(images, pooled, tokens, mask)
+                    loss, items = self.loss(out, targets.to(self.device), images.shape[2:])
+                self.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.args.grad_clip)
+                scaler.step(self.optimizer)
+                scaler.update()
+                self.ema.update(self._raw_model())
+                step += 1
+                seen += images.shape[0]
+                for k, v in items.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix({k: f"{v / max(1, bar.n + 1):.3f}" for k, v in sums.items()})
+                if self.args.max_steps and step >= self.args.max_steps:
+                    break
+            wall = time.perf_counter() - t0
+            n_batches = max(1, bar.n if bar.n else 1)
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": seen * self.world / wall,
+                   "epoch_s": wall, **{f"train/{k}": v / n_batches for k, v in sums.items()}}
+            last_epoch = epoch + 1 == self.args.epochs or bool(self.args.max_steps and step >= self.args.max_steps)
+            fit = -1.0
+            if self.main and self.val and ((epoch + 1) % self.args.val_every == 0 or last_epoch):
+                metrics = validate(self.ema.ema, self.encoder, self.val[0], self.val[1], self.args.imgsz,
+                                   device=self.device, progress=self.progress)
+                fit = fitness(metrics)
+                row.update(_flatten(metrics))
+                row["fitness"] = fit
+            if self.main:
+                if fit > self.best_fitness:
+                    self.best_fitness = fit
+                    self._save("best", epoch, fit, with_optimizer=False)
+                self._save("last", epoch, fit, with_optimizer=True)
+                history.append(row)
+                self._write_history(history)
+                summary = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("train/") or k in ("fitness",))
+                print(f"epoch {epoch + 1}/{self.args.epochs} {row['img_per_s']:.1f} img/s {summary}", file=sys.stderr)
+            if self.args.max_steps and step >= self.args.max_steps:
+                break
+        if self.main:
+            self._plots(history, metrics)
+        if self.world > 1:
+            torch.distributed.barrier()
+        return metrics
+
+    # ---- outputs ----
+    def _read_history(self) -> list[dict]:
+        path = self.out / "results.csv"
+        if not (self.main and path.is_file() and self.start_epoch > 0):
+            return []
+        with path.open() as fh:
+            return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(fh)]
+
+    def _write_history(self, rows: list[dict]) -> None:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with (self.out / "results.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def _plots(self, history: list[dict], metrics: dict) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from promptdet.train.evaluate import plot_pr_curves
+
+        keys = [k for k in (history[0] if history else {}) if k.startswith("train/")]
+        if keys:
+            fig = Figure(figsize=(8, 4))
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot(1, 1, 1)
+            for k in keys:
+                ax.plot([r["epoch"] for r in history], [r.get(k) for r in history], label=k.split("/")[1], marker="o")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("loss")
+            ax.legend()
+            fig.savefig(self.out / "loss_curves.png", dpi=100)
+        if metrics:
+            plot_pr_curves(metrics, self.out)
+            from promptdet.train.evaluate import save_metrics
+
+            save_metrics(metrics, self.out / "val_metrics.json")
+
+
+def _flatten(metrics: dict) -> dict:
+    row = {}
+    for name, m in metrics.get("types", {}).items():
+        for key in ("AP50", "AP50_95", "acc50"):
+            if m.get(key) is not None:
+                row[f"val/{name}/{key}"] = m[key]
+    if metrics.get("absent_fp_rate") is not None:
+        row["val/absent_fp_rate"] = metrics["absent_fp_rate"]
+    if metrics.get("order_invariance_max_abs_score_change") is not None:
+        row["val/order_invariance"] = metrics["order_invariance_max_abs_score_change"]
+    return row

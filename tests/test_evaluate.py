@@ -1,0 +1,218 @@
+"""Metrics per instruction type on tiny hand-computed cases (boxes are xyxy pixels)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from promptdet.train.evaluate import (
+    QueryResult,
+    box_iou,
+    evaluate_queries,
+    format_table,
+    plot_pr_curves,
+    save_metrics,
+)
+
+A = [10, 10, 50, 50]
+B = [100, 100, 160, 140]
+C = [200, 20, 260, 90]
+EMPTY = np.zeros((0, 4))
+
+
+def q(type_, gt, pred=(), scores=(), qid=0, image="img0"):
+    return QueryResult(query_id=qid, image_id=image, type=type_, instruction=f"{type_} query",
+                       gt_boxes=np.asarray(gt, dtype=float).reshape(-1, 4),
+                       pred_boxes=np.asarray(pred, dtype=float).reshape(-1, 4),
+                       pred_scores=np.asarray(scores, dtype=float))
+
+
+def test_perfect_predictions():
+    results = [
+        q("category", [A, B], [A, B], [0.9, 0.8], qid=1),
+        q("spatial", [C], [C], [0.95], qid=2),
+        q("superlative", [B], [B, A], [0.9, 0.1], qid=3),
+        q("absent", EMPTY, [A], [0.1], qid=4),  # below conf: not a false fire
+    ]
+    m = evaluate_queries(results, conf=0.25)
+    for t in ("category", "spatial", "superlative"):
+        assert m["types"][t]["AP50"] == pytest.approx(1.0)
+        assert m["types"][t]["AP50_95"] == pytest.approx(1.0)
+        assert m["types"][t]["recall@conf"] == pytest.approx(1.0)
+    assert m["types"]["spatial"]["acc50"] == 1.0
+    assert m["types"]["superlative"]["acc50"] == 1.0
+    assert m["types"]["category"]["acc50"] is None  # not a single-target type
+    assert m["absent_fp_rate"] == 0.0
+    assert m["all"]["AP50"] == pytest.approx(1.0)
+    assert m["all"]["queries"] == 3  # absent is left out of the summary row
+    assert m["all"]["gt_boxes"] == 4
+
+
+def test_ap50_by_hand_with_101_point_interpolation():
+    # GT A and B; A found at 0.9, a false positive at 0.8, B missed.
+    # Envelope: precision 1.0 up to recall 0.5, nothing beyond, so 51 of 101 thresholds score 1.
+    m = evaluate_queries([q("category", [A, B], [A, C], [0.9, 0.8])])
+    row = m["types"]["category"]
+    assert row["AP50"] == pytest.approx(51 / 101)
+    assert row["AP50_95"] == pytest.approx(51 / 101)  # the match is exact at every IoU threshold
+    assert row["recall@conf"] == pytest.approx(0.5)
+    pr = m["pr_curves"]["category"]
+    assert len(pr["recall"]) == len(pr["precision"]) == 101
+    assert pr["precision"][:51] == pytest.approx([1.0] * 51)  # pycocotools divides by tp + fp + eps
+    assert pr["precision"][51:] == [0.0] * 50
+
+
+def test_iou_between_thresholds_counts_for_ap50_only():
+    # IoU 0.62 (not exactly 0.6, which would tie with the 0.60 threshold): matched at
+    # 0.50, 0.55, 0.60 and missed at 0.65..0.95, so AP50-95 = 3/10.
+    gt, pred = [0, 0, 10, 10], [0, 0, 10, 6.2]
+    assert box_iou(np.array([gt], float), np.array([pred], float))[0, 0] == pytest.approx(0.62)
+    row = evaluate_queries([q("category", [gt], [pred], [0.9])])["types"]["category"]
+    assert row["AP50"] == pytest.approx(1.0)
+    assert 0.0 < row["AP50_95"] < row["AP50"]
+    assert row["AP50_95"] == pytest.approx(0.3)
+
+
+def test_predictions_never_match_another_querys_gt():
+    # Same image, two prompts, each prompt's prediction sits exactly on the other's GT.
+    results = [
+        q("attribute", [A], [B], [0.9], qid=1, image="shared"),
+        q("attribute", [B], [A], [0.9], qid=2, image="shared"),
+    ]
+    row = evaluate_queries(results)["types"]["attribute"]
+    assert row["AP50"] == 0.0 and row["AP50_95"] == 0.0
+    assert row["recall@conf"] == 0.0
+
+
+def test_one_box_answers_two_prompts():
+    # "all bottles" and "the red bottle" both have A as a positive: both must count it.
+    results = [q("category", [A, B], [A, B], [0.9, 0.8], qid=1), q("attribute", [A], [A], [0.9], qid=2)]
+    m = evaluate_queries(results)
+    assert m["all"]["AP50"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("pred, scores, expected", [
+    ([C, A], [0.9, 0.8], 0.0),    # top-1 wrong, the right box is 2nd: a miss
+    ([A, C], [0.8, 0.9], 0.0),    # same, order in the array must not matter, only score
+    ([], [], 0.0),                # no prediction: a miss
+    ([A, C], [0.9, 0.8], 1.0),    # top-1 right
+    ([A], [0.01], 1.0),           # top-1 counts whatever its score (conf does not apply)
+])
+def test_accuracy_at_05(pred, scores, expected):
+    m = evaluate_queries([q("relation", [A], pred, scores)])
+    assert m["types"]["relation"]["acc50"] == expected
+
+
+@pytest.mark.parametrize("conf, expected", [(0.25, 0.25), (0.15, 0.5), (0.5, 0.0), (0.3, 0.25)])  # 0.3: >= conf fires
+def test_absent_false_positive_rate(conf, expected):
+    results = [
+        q("absent", EMPTY, [A], [0.3], qid=1),
+        q("absent", EMPTY, [A, B], [0.2, 0.1], qid=2),
+        q("absent", EMPTY, qid=3),
+        q("absent", EMPTY, qid=4),
+    ]
+    m = evaluate_queries(results, conf=conf)
+    assert m["absent_fp_rate"] == pytest.approx(expected)
+    assert m["types"]["absent"]["empty_fp_rate"] == pytest.approx(expected)
+    assert m["types"]["absent"]["AP50"] is None and m["types"]["absent"]["AP50_95"] is None
+    assert m["pr_curves"]["absent"] is None
+    json.dumps(m, allow_nan=False)
+
+
+def test_count_empty_queries_show_false_fires_and_lower_precision():
+    # A count query whose condition did not hold (no GT) but the model fires: the
+    # detection is a false positive ranked above the true one, so AP50 drops below 1.
+    results = [q("count", [A], [A], [0.5], qid=1), q("count", EMPTY, [B], [0.9], qid=2)]
+    row = evaluate_queries(results)["types"]["count"]
+    assert row["empty_fp_rate"] == 1.0
+    assert row["recall@conf"] == 1.0
+    # PR: (recall 0, precision 0) then (1, 0.5); envelope 0.5 at every threshold.
+    assert row["AP50"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("results", [
+    [],
+    [q("absent", EMPTY, qid=1)],
+    [q("absent", EMPTY, [A], [0.9], qid=1), q("count", EMPTY, qid=2)],
+])
+def test_no_gt_gives_none_and_strict_json(results, tmp_path):
+    m = evaluate_queries(results, order_invariance=None)
+    assert m["all"]["AP50"] is None and m["all"]["AP50_95"] is None
+    for row in m["types"].values():
+        assert row["AP50"] is None and row["recall@conf"] is None and row["acc50"] is None
+    json.dumps(m, allow_nan=False)
+    save_metrics(m, tmp_path / "sub" / "metrics.json")
+    assert json.loads((tmp_path / "sub" / "metrics.json").read_text()) == m
+    assert "all" in format_table(m)
+
+
+@pytest.mark.parametrize("gt, pred, scores, expected", [
+    ([[0, 0, 10, 10]], [[0, 0, 10, 6.2]], [0.9], 1.0),           # IoU 0.62 >= 0.5
+    ([[0, 0, 10, 10]], [[0, 0, 10, 4.0]], [0.9], 0.0),           # IoU 0.40 < 0.5
+    ([[0, 0, 10, 10]], [[0, 0, 10, 10]], [0.2], 0.0),            # below conf 0.25
+    ([A, B], [A, A, B], [0.9, 0.8, 0.3], 1.0),                    # a duplicate does not take B's match
+    # 2nd box overlaps the taken GT most (0.90) but the free one enough (0.74): it takes the free one
+    ([[0, 0, 10, 10], [2, 0, 12, 10]], [[0, 0, 10, 10], [0.5, 0, 10.5, 10]], [0.9, 0.8], 1.0),
+    # greedy by score, not by array order: the 0.9 box takes GT 1 first, the 0.3 box fits only GT 1
+    ([[0, 0, 10, 10], [2, 0, 12, 10]], [[-3, 0, 7, 10], [0.5, 0, 10.5, 10]], [0.3, 0.9], 0.5),
+    ([A, B], [A, A], [0.9, 0.8], 0.5),                            # one box matches one GT only
+    ([A, B, C], [], [], 0.0),
+])
+def test_recall_at_conf(gt, pred, scores, expected):
+    row = evaluate_queries([q("category", gt, pred, scores)], conf=0.25)["types"]["category"]
+    assert row["recall@conf"] == pytest.approx(expected)
+
+
+def test_gt_without_predictions_scores_zero_not_none():
+    row = evaluate_queries([q("defect", [A])])["types"]["defect"]
+    assert row["AP50"] == 0.0 and row["recall@conf"] == 0.0
+
+
+def test_order_invariance_is_stored():
+    m = evaluate_queries([q("category", [A], [A], [0.9])], order_invariance=np.float32(0.002))
+    assert m["order_invariance_max_abs_score_change"] == pytest.approx(0.002)
+    assert isinstance(m["order_invariance_max_abs_score_change"], float)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(gt_boxes=np.zeros((2, 3))), "gt_boxes"),
+    (dict(pred_scores=np.array([0.5, 0.4])), "pred_scores"),
+    (dict(pred_boxes=np.array([[10, 10, 5, 20.0]])), "pred_boxes"),
+    (dict(type="all"), "reserved"),
+])
+def test_bad_input_fails_with_the_field_named(bad, match):
+    r = q("category", [A], [A], [0.9])
+    for k, v in bad.items():
+        setattr(r, k, v)
+    with pytest.raises(ValueError, match=match):
+        evaluate_queries([r])
+
+
+def test_format_table_rows_and_placeholders():
+    results = [
+        q("referring", [A], [A], [0.9], qid=1),  # imported type
+        q("category", [A], [A], [0.9], qid=2),
+        q("absent", EMPTY, [B], [0.5], qid=3),
+        q("my_custom", [B], [B], [0.7], qid=4),  # an extra type from user data
+    ]
+    m = evaluate_queries(results, order_invariance=0.001)
+    table = format_table(m)
+    lines = table.splitlines()
+    names = [line.split()[0] for line in lines if line.split() and line.split()[0] in m["types"]]
+    assert names == ["category", "absent", "referring", "my_custom"]  # vocab order, then extras
+    absent_line = next(line for line in lines if line.startswith("absent"))
+    assert absent_line.split()[3:5] == ["-", "-"]  # AP50-95 and AP50 do not apply
+    assert next(line for line in lines if line.startswith("category")).split()[5] == "-"  # no Acc@0.5
+    assert "pr_curves" not in table and "precision" not in table
+    assert "1.00e-03" in table  # tiny score changes must not print as 0.000
+
+
+def test_plot_pr_curves_writes_pngs(tmp_path):
+    results = [q("category", [A, B], [A, C], [0.9, 0.8], qid=1), q("spatial", [A], [A], [0.9], qid=2),
+               q("absent", EMPTY, [A], [0.9], qid=3)]
+    paths = plot_pr_curves(evaluate_queries(results), tmp_path)
+    assert sorted(p.name for p in paths) == ["pr_all.png", "pr_category.png", "pr_spatial.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    # A results list works too, and an empty one still gives the summary plot.
+    assert [p.name for p in plot_pr_curves([], tmp_path / "empty")] == ["pr_all.png"]

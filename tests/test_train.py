@@ -1,0 +1,140 @@
+"""Training end to end at tiny size: checkpoints round-trip and resume, pickles are refused,
+the CLI trains and validates, and two CPU processes train under torchrun (DDP, gloo)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from promptdet.config import ModelConfig  # noqa: E402
+from promptdet.train import checkpoint as ckpt  # noqa: E402
+
+TINY = {"imgsz": 64, "batch": 4, "workers": 0, "val_max_pairs": 12, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from promptdet.data.synth.generate import synthesize
+
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize(root / "train", 8, seed=0, size_wh=(160, 120), workers=1, per_image=4, progress=False)
+    synthesize(root / "val", 3, seed=1, size_wh=(160, 120), workers=1, per_image=4, progress=False)
+    (root / "tiny.yaml").write_text("name: tiny\nroot: .\ntrain:\n  - {path: train, format: synth}\n"
+                                    "val:\n  - {path: val, format: synth}\ntest:\n  - {path: val, format: synth}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from promptdet.text.encoder import TextEncoder
+
+    return TextEncoder(None, 32)
+
+
+def _trainer(data: Path, out: Path, encoder, resume=False, **kw):
+    from promptdet.train.trainer import Trainer, TrainArgs
+
+    args = TrainArgs(data=str(data), out=str(out), **{**TINY, **kw})
+    return Trainer(args, ModelConfig(imgsz=64, max_candidates=16, max_tokens=32), resume=resume, encoder=encoder)
+
+
+def test_train_save_load_and_resume_give_identical_weights(tiny_data, tmp_path, encoder):
+    out = tmp_path / "run"
+    trainer = _trainer(tiny_data / "tiny.yaml", out, encoder, epochs=2, max_steps=2)
+    metrics = trainer.train()
+    for name in ("last.safetensors", "last.json", "best.safetensors", "results.csv", "loss_curves.png", "pr_all.png"):
+        assert (out / name).is_file(), name
+    assert "types" in metrics and metrics["order_invariance_max_abs_score_change"] < 1e-4
+
+    tensors, meta = ckpt.load_checkpoint(out / "last.safetensors")
+    assert meta["epoch"] == 0 and meta["model"]["imgsz"] == 64 and "optimizer" in meta
+    resumed = _trainer(tiny_data / "tiny.yaml", out, encoder, resume=True, epochs=2, max_steps=0)
+    assert resumed.start_epoch == 1
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, tensors[f"train.{k}"]), k
+    for k, v in resumed.ema.ema.state_dict().items():
+        assert torch.equal(v, tensors[f"model.{k}"]), k
+    saved_opt = ckpt.optimizer_from_tensors(tensors, meta["optimizer"])
+    assert resumed.optimizer.state_dict()["state"].keys() == saved_opt["state"].keys()
+
+    import promptdet
+
+    model = promptdet.load(out / "last.safetensors")
+    for k, v in model.detector.state_dict().items():
+        assert torch.equal(v, tensors[f"model.{k}"]), k
+
+
+def test_pickled_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    for name in ("evil.pt", "evil.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(Evil()))
+        with pytest.raises(ckpt.CheckpointError):
+            ckpt.load_checkpoint(path)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "zip.bin")
+    with pytest.raises(ckpt.CheckpointError, match="pickled"):
+        ckpt.load_checkpoint(tmp_path / "zip.bin")
+    assert not marker.exists()
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "none.safetensors")
+    ckpt.save_checkpoint(tmp_path / "a", {"x": torch.ones(2)}, {"k": 1})
+    (tmp_path / "a.json").write_text('{"format": "other"}')
+    with pytest.raises(ckpt.CheckpointError, match="not a promptdet checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "a.safetensors")
+    ckpt.save_checkpoint(tmp_path / "b", {"x": torch.ones(2)}, {})
+    (tmp_path / "b.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="unreadable"):
+        ckpt.load_checkpoint(tmp_path / "b.safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="no best.safetensors"):
+        ckpt.load_checkpoint(tmp_path)
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def test_cli_train_then_val(tiny_data, tmp_path):
+    cli = [sys.executable, "-m", "promptdet.cli.main"]
+    r = _run(cli + ["train", "--data", str(tiny_data / "tiny.yaml"), "--imgsz", "64", "--epochs", "1", "--batch", "4",
+                    "--out", str(tmp_path / "run")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "best.safetensors").is_file() and "category" in r.stderr
+    r = _run(cli + ["val", "--data", str(tiny_data / "tiny.yaml"), "--weights", str(tmp_path / "run"), "--split", "test",
+                    "--out", str(tmp_path / "val"), "--plots"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "absent" in r.stdout and (tmp_path / "val" / "metrics.json").is_file()
+    r = _run(cli + ["val", "--data", str(tiny_data / "tiny.yaml"), "--weights", str(tmp_path / "nothing")], tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+def test_ddp_two_cpu_processes(tiny_data, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        "import sys\n"
+        "from promptdet.config import ModelConfig\n"
+        "from promptdet.train.trainer import Trainer, TrainArgs\n"
+        f"args = TrainArgs(data={str(tiny_data / 'tiny.yaml')!r}, out={str(tmp_path / 'ddp')!r}, epochs=1, "
+        "imgsz=64, batch=2, workers=0, max_steps=2, val_max_pairs=6, progress=False, device='cpu')\n"
+        "Trainer(args, ModelConfig(imgsz=64, max_candidates=16, max_tokens=32)).train()\n")
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(script)],
+             tmp_path, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tensors, meta = ckpt.load_checkpoint(tmp_path / "ddp" / "last.safetensors")
+    assert meta["epoch"] == 0 and any(k.startswith("model.") for k in tensors)
