@@ -143,3 +143,14 @@ def test_backbone_starts_from_a_local_yolo26_state_dict(tmp_path):
 def test_bad_model_config(data, message):
     with pytest.raises(ConfigError, match=message):
         model_config_from_dict(data, "cfg.yaml")
+
+
+def test_candidate_boxes_are_valid_xyxy_even_when_a_side_is_negative():
+    from promptdet.model.detector import DetectorOutput
+
+    raw = torch.tensor([[[10.0, 10.0, 5.0, 20.0], [0.0, 0.0, 4.0, 4.0]]])  # first box has x2 < x1
+    out = DetectorOutput(torch.zeros(1, 2, 4), raw, torch.zeros(1, 1, 2), torch.tensor([[[0, 1]]]),
+                         torch.zeros(1, 1, 2), torch.ones(1, 1, 2, dtype=torch.bool), torch.zeros(2, 2), torch.ones(2, 1))
+    boxes, _ = candidate_boxes_scores(out)
+    assert torch.equal(boxes[0, 0, 0], torch.tensor([5.0, 10.0, 10.0, 20.0]))
+    assert (boxes[..., 2:] >= boxes[..., :2]).all()

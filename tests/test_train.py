@@ -138,3 +138,23 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     tensors, meta = ckpt.load_checkpoint(tmp_path / "ddp" / "last.safetensors")
     assert meta["epoch"] == 0 and any(k.startswith("model.") for k in tensors)
+
+
+def test_replay_mixes_base_data_at_the_requested_ratio(tiny_data, tmp_path, encoder):
+    from promptdet.data.formats.jsonl import write_pairs
+    from promptdet.data.pairs import InstructionPair
+
+    user = tmp_path / "user"
+    user.mkdir()
+    import shutil
+
+    for name in ("000000.jpg", "000001.jpg"):
+        shutil.copy(tiny_data / "train" / "images" / name, user / name)
+    write_pairs([InstructionPair("000000.jpg", "find the nuts", [[1, 1, 20, 20]], "category"),
+                 InstructionPair("000001.jpg", "find the gears", [], "absent")], user / "instructions.jsonl")
+    trainer = _trainer(user, tmp_path / "ft", encoder, epochs=1, max_steps=1, replay=str(tiny_data / "tiny.yaml"),
+                       replay_ratio=0.3)
+    sampler = trainer.loader.sampler
+    draws = list(torch.multinomial(sampler.weights, 4000, replacement=True))
+    replay_share = sum(trainer.train_set.source_of(int(i)) == 1 for i in draws) / len(draws)
+    assert abs(replay_share - 0.3) < 0.04, replay_share

@@ -51,6 +51,7 @@ class TrainArgs:
     replay_ratio: float = 0.3
     max_steps: int = 0  # stop after this many optimizer steps (0 = run every epoch); for smoke tests
     progress: bool | None = None
+    log_every: int = 50  # steps between plain progress lines when stderr is not a terminal
     extra: dict = field(default_factory=dict)
 
 
@@ -249,6 +250,12 @@ class Trainer:
                 for k, v in items.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix({k: f"{v / max(1, bar.n + 1):.3f}" for k, v in sums.items()})
+                if self.main and not self.progress and bar.n % self.args.log_every == self.args.log_every - 1:
+                    # No bar in a log file: a plain line now and then instead.
+                    rate = seen * self.world / (time.perf_counter() - t0)
+                    losses = " ".join(f"{k}={v / (bar.n + 1):.3f}" for k, v in sums.items())
+                    print(f"epoch {epoch + 1} step {bar.n + 1}/{steps_per_epoch} {rate:.1f} img/s {losses}",
+                          file=sys.stderr, flush=True)
                 if self.args.max_steps and step >= self.args.max_steps:
                     break
             wall = time.perf_counter() - t0
