@@ -97,6 +97,23 @@ class PromptDet:
                 self._detector.load_state_dict(self.weights)
         return self._detector
 
+    # ---- detection ----
+    def detect(self, source, prompts: str | list[str], conf: float = 0.25, iou: float = 0.6, max_det: int = 300,
+               imgsz: int | None = None, device: str = "cpu"):
+        """Find what ``prompts`` describe in ``source``: a path, a numpy BGR array (HxW, HxWx3, HxWx4;
+        uint8 or uint16) or a PIL image -> ``Detections``; a list of them -> a list of ``Detections``.
+
+        ``prompts``: a list, or one string split on ';'. ``conf`` applies to every prompt; ``max_det``
+        is per prompt; ``imgsz`` defaults to the training size. Boxes are in original-image pixels.
+        Prompt embeddings are cached, so asking the same prompts again skips the text encoder.
+        """
+        from promptdet.predict import Predictor
+
+        predictor = Predictor(self, prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device=device)
+        if isinstance(source, (list, tuple)):
+            return [predictor.predict(s) for s in source]
+        return predictor.predict(source)
+
     # ---- training and evaluation ----
     def train(self, data: str, epochs: int = 50, imgsz: int = 640, batch: int = 16, out: str = "runs/train",
               resume: bool = False, backbone_weights: str | None = None, **kwargs) -> dict:

@@ -45,17 +45,89 @@ def checks() -> None:
 
 @app.command()
 def detect(
-    sources: list[str] = typer.Argument(None, help="Images, folders, globs, videos or camera indices."),
-    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="What to find; repeat for several prompts."),
-    weights: str = typer.Option(None, "--weights", help="Weights or export folder (default: the bundled model)."),
-    conf: float = typer.Option(0.25, "--conf", help="Score threshold, the same for every prompt."),
-    iou: float = typer.Option(0.6, "--iou", help="NMS IoU threshold."),
-    imgsz: int = typer.Option(640, "--imgsz", help="Inference size in pixels."),
+    sources: list[str] = typer.Argument(None, help="Images, folders, globs, videos or camera indices (0, 1, ...)."),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="What to find; repeat it, or split with ';'."),
+    prompts_file: Path = typer.Option(None, "--prompts-file", help="A text file with one prompt a line."),
+    weights: str = typer.Option(None, "--weights", help="Checkpoint or run folder (default: the bundled model)."),
+    conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Score threshold, the same for every prompt."),
+    iou: float = typer.Option(0.6, "--iou", min=0.0, max=1.0, help="NMS IoU threshold within a prompt."),
+    max_det: int = typer.Option(300, "--max-det", min=1, help="Most boxes per prompt per image."),
+    imgsz: int = typer.Option(None, "--imgsz", help="Inference size, a multiple of 32 (default: the training size)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     backend: str = typer.Option("torch", "--backend", help="torch or onnx."),
-    out: Path = typer.Option(None, "--out", help="Folder for saved results."),
+    out: Path = typer.Option(None, "--out", help="Folder for results (default: results go to stdout)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl, json, csv, coco or yolo (yolo needs --out)."),
+    save: bool = typer.Option(False, "--save", help="Write annotated images into --out."),
+    save_crops: bool = typer.Option(False, "--save-crops", help="Write each box's pixels into --out/crops/."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary and no progress bar on stderr."),
+    fail_on_detect: bool = typer.Option(False, "--fail-on-detect", help="Exit with code 3 when anything is found."),
 ) -> None:
-    """Find what the prompts describe in images, videos or a camera."""
-    raise not_implemented("detect", 4)
+    """Find what the prompts describe in images, videos or a camera.
+
+    Results (promptdet.detections/1, see the README) go to stdout, or into --out.
+
+    Progress, errors and the summary go to stderr.
+
+    Exit codes: 0 done, 1 nothing could be read, 2 usage error, 3 found something with --fail-on-detect.
+    """
+    import contextlib
+    import warnings
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    with user_errors(), warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *args, **kwargs: say(f"warning: {message}")
+        from promptdet.errors import UsageError
+        from promptdet.predict import ResultWriter, check_output, collect_prompts, expand_sources
+        from promptdet.text.prompts import shorten
+
+        prompts = collect_prompts(prompt, prompts_file)
+        if backend == "onnx":
+            raise UsageError("--backend onnx is not available yet (issue #5); use --backend torch")
+        if backend != "torch":
+            raise UsageError(f"--backend {backend!r}: expected torch or onnx")
+        if not sources:
+            raise UsageError("no SOURCE given; name images, folders, globs, videos or a camera index")
+        found, skipped, errors = expand_sources(sources)
+        if save and out is not None and any(s.kind == "image" and Path(s.value).resolve().parent == out.resolve()
+                                            for s in found):
+            raise UsageError(f"--out {out} holds input images, which --save could overwrite; pick another folder")
+        check_output(fmt, out, save, save_crops)
+        for line in errors:
+            say(f"error: {line}")
+        if not found:
+            raise typer.Exit(1)
+
+        import promptdet
+        from promptdet.predict import Predictor, run_sources
+
+        predictor = Predictor(promptdet.load(weights), prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
+                              device=device)
+        writer = ResultWriter(fmt, predictor.prompts, out, sys.stdout, save, save_crops)
+        progress = not quiet and sys.stderr.isatty() and (len(found) > 1 or found[0].kind != "image")
+        summary = run_sources(predictor, found, writer, lambda line: say(f"error: {line}"), skipped, progress)
+    summary.failed += len(errors)
+    if not quiet:
+        per = ", ".join(f"{shorten(p, 24)!r} {n}" for p, n in zip(predictor.prompts, summary.per_prompt))
+        extra = [f"{summary.failed} failed"] if summary.failed else []
+        extra += [f"{summary.skipped} non-image files skipped"] if summary.skipped else []
+        ms = summary.seconds * 1e3 / max(summary.processed, 1)
+        say(f"{summary.processed} image{'' if summary.processed == 1 else 's'}"
+            f"{' (' + ', '.join(extra) + ')' if extra else ''}: "
+            f"{summary.detections} detections ({per}) in {summary.seconds:.1f} s, {ms:.0f} ms per image"
+            + (f"; results in {out}" if out is not None else ""))
+    if summary.stdout_closed:  # keep Python's exit-time flush from complaining about the closed pipe
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if summary.interrupted:
+        say("interrupted")
+        raise typer.Exit(130)
+    if summary.processed == 0:
+        raise typer.Exit(1)
+    if fail_on_detect and summary.detections:
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -201,7 +201,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer"]))
         self.start_epoch, self.best_fitness = meta["epoch"] + 1, meta.get("best_fitness", -1.0)
         if self.main:
-            print(f"resumed from {self.out / 'last.safetensors'} at epoch {self.start_epoch}", file=sys.stderr)
+            print(f"resumed from {self.out / 'last.safetensors'}: continuing with epoch {self.start_epoch + 1}",
+                  file=sys.stderr)
 
     def _raw_model(self) -> PromptDetector:
         return self.model.module if hasattr(self.model, "module") else self.model
@@ -230,6 +231,7 @@ class Trainer:
             t0, seen = time.perf_counter(), 0
             bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", disable=not (self.progress and self.main),
                        file=sys.stderr, leave=False)
+            n_batches = 0
             for images, prompts, targets, _ in bar:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr_at(step, steps_per_epoch)
@@ -246,20 +248,21 @@ class Trainer:
                 scaler.update()
                 self.ema.update(self._raw_model())
                 step += 1
+                n_batches += 1  # counted here: a disabled tqdm bar does not count
                 seen += images.shape[0]
                 for k, v in items.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix({k: f"{v / max(1, bar.n + 1):.3f}" for k, v in sums.items()})
-                if self.main and not self.progress and bar.n % self.args.log_every == self.args.log_every - 1:
+                bar.set_postfix({k: f"{v / n_batches:.3f}" for k, v in sums.items()})
+                if self.main and not self.progress and n_batches % self.args.log_every == 0:
                     # No bar in a log file: a plain line now and then instead.
                     rate = seen * self.world / (time.perf_counter() - t0)
-                    losses = " ".join(f"{k}={v / (bar.n + 1):.3f}" for k, v in sums.items())
-                    print(f"epoch {epoch + 1} step {bar.n + 1}/{steps_per_epoch} {rate:.1f} img/s {losses}",
+                    losses = " ".join(f"{k}={v / n_batches:.3f}" for k, v in sums.items())
+                    print(f"epoch {epoch + 1} step {n_batches}/{steps_per_epoch} {rate:.1f} img/s {losses}",
                           file=sys.stderr, flush=True)
                 if self.args.max_steps and step >= self.args.max_steps:
                     break
             wall = time.perf_counter() - t0
-            n_batches = max(1, bar.n if bar.n else 1)
+            n_batches = max(1, n_batches)
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": seen * self.world / wall,
                    "epoch_s": wall, **{f"train/{k}": v / n_batches for k, v in sums.items()}}
             last_epoch = epoch + 1 == self.args.epochs or bool(self.args.max_steps and step >= self.args.max_steps)
