@@ -158,3 +158,22 @@ def test_replay_mixes_base_data_at_the_requested_ratio(tiny_data, tmp_path, enco
     draws = list(torch.multinomial(sampler.weights, 4000, replacement=True))
     replay_share = sum(trainer.train_set.source_of(int(i)) == 1 for i in draws) / len(draws)
     assert abs(replay_share - 0.3) < 0.04, replay_share
+
+
+def test_slim_checkpoint_keeps_the_model_in_half_precision(tmp_path):
+    import dataclasses
+
+    import promptdet
+    from promptdet.model.detector import PromptDetector
+
+    model = PromptDetector(ModelConfig(imgsz=64, max_candidates=8))
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["train.x"] = torch.ones(3)
+    ckpt.save_checkpoint(tmp_path / "full", tensors, {"model": dataclasses.asdict(model.cfg), "optimizer": {"state": {}}})
+    ckpt.slim_checkpoint(tmp_path / "full.safetensors", tmp_path / "slim")
+    slim, meta = ckpt.load_checkpoint(tmp_path / "slim.safetensors")
+    assert "train.x" not in slim and "optimizer" not in meta and meta["storage"] == "float16"
+    assert all(v.dtype == torch.float16 for v in slim.values() if v.is_floating_point())
+    loaded = promptdet.load(tmp_path / "slim.safetensors").detector.state_dict()
+    for k, v in model.state_dict().items():
+        assert loaded[k].dtype == v.dtype and torch.allclose(loaded[k].float(), v.float(), atol=1e-2, rtol=1e-3), k

@@ -98,3 +98,17 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], plain: dict) -> dic
     for pid, entry in plain["state"].items():
         state[int(pid)] = {k: tensors[f"optim.{pid}.{k}"] if v == "tensor" else v for k, v in entry.items()}
     return {"param_groups": plain["param_groups"], "state": state}
+
+
+def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """Keep only the inference weights (``model.*``) of a checkpoint, optionally as float16.
+
+    This is how the bundled model is made small; loading upcasts to float32 again.
+    """
+    tensors, meta = load_checkpoint(src)
+    keep = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items() if k.startswith("model.")}
+    if not keep:
+        raise CheckpointError(f"{src}: holds no model.* tensors")
+    meta = {k: v for k, v in meta.items() if k not in ("optimizer", "ema_updates", "format", "promptdet_version")}
+    meta["storage"] = "float16" if half else "float32"
+    return save_checkpoint(dst, keep, meta)
