@@ -484,7 +484,8 @@ def test_cli_stdout_is_clean_json_lines_and_agrees_with_the_api(tiny, model, ima
 @pytest.mark.parametrize("args, code, fragment", [
     (["-p", "a cap", "--conf", "0.0", "--fail-on-detect", "{images}/img_b.png"], 3, None),
     (["-p", " ", "{images}/img_a.jpg"], 2, "error: the prompt is empty"),
-    (["-p", "a cap", "{images}/img_a.jpg", "--weights", None], 1, "error: no bundled default model"),
+    (["-p", "a cap", "{images}/img_a.jpg", "--weights", "{images}/missing.safetensors"], 1,
+     "error: checkpoint not found"),
 ])
 def test_cli_exit_codes_in_a_subprocess(tiny, images, args, code, fragment):
     args = [a.format(images=images) if a else a for a in args]
@@ -500,3 +501,12 @@ def test_cli_exit_codes_in_a_subprocess(tiny, images, args, code, fragment):
         assert len(error_lines(result.stderr)) == 1 and result.stdout == ""
     else:
         assert json.loads(result.stdout)["detections"]
+
+
+def test_bundled_default_model_finds_bottles_on_the_demo_scene():
+    demo = Path(__file__).resolve().parents[1] / "promptdet" / "assets" / "demo" / "line1.jpg"
+    result = run_cli("detect", "-p", "find all bottles", "--conf", "0.5", str(demo))  # no --weights: bundled model
+    assert result.returncode == 0, result.stderr
+    obj = json.loads(result.stdout)
+    assert obj["schema"] == SCHEMA and obj["prompts"] == ["find all bottles"]
+    assert len(obj["detections"]) >= 2 and all(d["prompt_index"] == 0 for d in obj["detections"])
