@@ -75,6 +75,8 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
         hint = hints[key]
         if hint in (str,) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+        if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
         if hint is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
@@ -153,14 +155,4 @@ def load_model_config(path: str | Path) -> ModelConfig:
 
 
 def model_config_from_dict(data: dict, where: str) -> ModelConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    names = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            raise ConfigError(f"{where}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        expected = int if names[key].type in ("int", int) else None
-        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
-    return ModelConfig(**data).validate(where)
+    return from_dict(ModelConfig, data, where).validate(where)

@@ -19,7 +19,6 @@ import numpy as np
 from promptdet.errors import UsageError
 from promptdet.runtime.imageio import (  # noqa: F401 - read_image and ImageReadError are re-exported
     IMAGE_EXTS, VIDEO_EXTS, ImageReadError, _quiet_opencv, load_input, read_image, to_bgr8)
-from promptdet.runtime.preprocess import letterbox
 from promptdet.structures import Detections
 from promptdet.text.prompts import normalize_prompts
 from promptdet.writers import ResultWriter, check_output, coco_results  # noqa: F401 - re-exported
@@ -121,17 +120,9 @@ def iter_frames(sources: list[Source]) -> Iterator[tuple[Source, int | None, np.
 
 # ---------------------------------------------------------------- running the model
 def _device(name: str):
-    import torch
+    from promptdet.model.device import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
+    return resolve_device(name)
 
 
 class Predictor:
@@ -170,6 +161,7 @@ class Predictor:
         import torch
 
         from promptdet.model.postprocess import candidate_boxes_scores, nms_per_prompt
+        from promptdet.train.validate import image_tensor
 
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         with torch.inference_mode():
@@ -177,9 +169,7 @@ class Predictor:
             enc = self.encoder.encode(self.prompts)  # a cache hit after the first image
             pooled, tokens, mask = (t[None].to(self.device) for t in (enc.pooled, enc.token_feats, enc.token_mask))
             t1 = time.perf_counter()
-            boxed, lb = letterbox(image_bgr, self.imgsz)  # as train.validate.image_tensor does
-            x = torch.from_numpy(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float().div(255)
-            x = x.unsqueeze(0).to(self.device)
+            x, lb = image_tensor(image_bgr, self.imgsz, self.device)
             sync()
             t2 = time.perf_counter()
             out = self.detector(x, pooled, tokens, mask)

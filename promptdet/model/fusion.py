@@ -35,6 +35,18 @@ class ReasoningLayer(nn.Module):
         return x + self.ffn(self.norm3(x))
 
 
+def gather_anchors(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-anchor values at candidate indices: t [B, A, C], idx [B, K, M] -> [B, K, M, C].
+
+    Flat row indexing: its backward is a small index_add, where gather over a [B, K, A, C]
+    expansion would materialise (and zero) that whole tensor.
+    """
+    b, a, c = t.shape
+    k, m = idx.shape[1], idx.shape[2]
+    flat = (idx + torch.arange(b, device=idx.device).reshape(b, 1, 1) * a).reshape(-1)
+    return t.reshape(b * a, c)[flat].reshape(b, k, m, c)
+
+
 def select_peaks(logits: torch.Tensor, level_hw: list[tuple[int, int]], max_candidates: int):
     """Top local maxima of a stage-1 map. logits [N, A] -> (idx [N, M] long, valid [N, M] bool)."""
     n = logits.shape[0]
@@ -78,15 +90,8 @@ class CandidateReasoner(nn.Module):
         idx = idx.reshape(b, k, m)
         valid = valid.reshape(b, k, m)
 
-        # Flat row indexing: its backward is a small index_add, where gather over a [B, K, A, C]
-        # expansion would materialise (and zero) that whole tensor.
-        flat_idx = (idx + torch.arange(b, device=idx.device).reshape(b, 1, 1) * a).reshape(-1)
-
-        def gather(t: torch.Tensor) -> torch.Tensor:  # [B, A, C] -> [B, K, M, C]
-            return t.reshape(b * a, t.shape[-1])[flat_idx].reshape(b, k, m, t.shape[-1])
-
-        region = gather(F.normalize(region_embeds, dim=-1))
-        box = gather(boxes_norm)
+        region = gather_anchors(F.normalize(region_embeds, dim=-1), idx)
+        box = gather_anchors(boxes_norm, idx)
         score = torch.gather(logits, 2, idx)
         wh = (box[..., 2:] - box[..., :2]).clamp(min=1e-4)
         geom = torch.cat([(box[..., :2] + box[..., 2:]) / 2, wh, box[..., :2],

@@ -9,14 +9,12 @@ import torch
 import torchvision
 
 from promptdet.model.detector import DetectorOutput
+from promptdet.model.fusion import gather_anchors
 
 
 def candidate_boxes_scores(out: DetectorOutput) -> tuple[torch.Tensor, torch.Tensor]:
     """-> boxes [B, K, M, 4] xyxy input pixels, scores [B, K, M] in 0-1 (0 for non-candidates)."""
-    b, k, m = out.cand_idx.shape
-    a = out.boxes_xyxy.shape[1]
-    flat_idx = (out.cand_idx + torch.arange(b, device=out.cand_idx.device).reshape(b, 1, 1) * a).reshape(-1)
-    boxes = out.boxes_xyxy.reshape(b * a, 4)[flat_idx].reshape(b, k, m, 4)
+    boxes = gather_anchors(out.boxes_xyxy, out.cand_idx)
     # Direct distance regression (reg_max 1, as in YOLO26) can predict a negative side early in
     # training; order the corners so every consumer sees a valid xyxy box.
     boxes = torch.cat([torch.minimum(boxes[..., :2], boxes[..., 2:]), torch.maximum(boxes[..., :2], boxes[..., 2:])], -1)

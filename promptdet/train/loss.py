@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from promptdet.model._ultralytics import BboxLoss, TaskAlignedAssigner
 from promptdet.model.detector import DetectorOutput
+from promptdet.model.fusion import gather_anchors
 
 
 @dataclass
@@ -93,9 +94,7 @@ class PromptDetLoss:
                 torch.ones(1, len(rows), dtype=torch.bool, device=fg.device), imgsz, s)
 
         # ---- stage 2: the answer, scored at each candidate ----
-        m = out.cand_idx.shape[-1]
-        flat_idx = (out.cand_idx + torch.arange(b, device=out.cand_idx.device).reshape(b, 1, 1) * a).reshape(-1)
-        cand_boxes = out.boxes_xyxy.detach().reshape(b * a, 4)[flat_idx].reshape(b, k, m, 4)
+        cand_boxes = gather_anchors(out.boxes_xyxy.detach(), out.cand_idx)
         cand_points = anchors_px[out.cand_idx]  # [B, K, M, 2]
         ans = t.answer_boxes
         inside = ((cand_points[..., None, :] > ans[:, :, None, :, :2]) &

@@ -21,6 +21,7 @@ from promptdet.data.dataset import PromptDataset, collate
 from promptdet.data.sources import load_source, resolve_dataset
 from promptdet.errors import UsageError
 from promptdet.model.detector import PromptDetector
+from promptdet.model.device import resolve_device
 from promptdet.train import checkpoint as ckpt
 from promptdet.train.loss import PromptDetLoss
 from promptdet.train.validate import encode_prompt_grid, fitness, validate
@@ -55,12 +56,6 @@ class TrainArgs:
     extra: dict = field(default_factory=dict)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _distributed() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -78,7 +73,7 @@ class Trainer:
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
             torch.distributed.init_process_group(backend)
-        self.device = _device(args.device)
+        self.device = resolve_device(args.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", self.local_rank)
         torch.manual_seed(args.seed + self.rank)
