@@ -163,9 +163,20 @@ class PromptDet:
         return metrics
 
 
-def load(source: str | Path | None = None) -> PromptDet:
+def load(source: str | Path | None = None, **onnx_options):
     """A model from a checkpoint (``best.safetensors`` or its run folder), a model YAML or scale name
-    (a fresh, untrained model), or with no argument the bundled default model."""
+    (a fresh, untrained model), or with no argument the bundled default model.
+
+    An export folder (from ``promptdet export``) gives an ``OnnxModel`` that runs on ONNX Runtime
+    without torch; ``onnx_options`` (providers, threads, graph_optimization, cache_dir,
+    detector_file) go to it. Both have the same ``detect``.
+    """
+    from promptdet.runtime.onnx import OnnxModel, is_export_dir
+
+    if source is not None and is_export_dir(source):
+        return OnnxModel(source, **onnx_options)
+    if onnx_options:
+        raise UsageError(f"{', '.join(onnx_options)}: options of an ONNX export folder, not of {source or 'the bundled model'}")
     from promptdet.train.checkpoint import load_checkpoint, split_prefix
 
     if source is None:

@@ -11,15 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from promptdet.errors import UsageError
-from promptdet.runtime.imageio import (  # noqa: F401 - read_image and ImageReadError are re-exported
+from promptdet.runtime.imageio import (  # noqa: F401 - read_image, load_input and ImageReadError are re-exported
     IMAGE_EXTS, VIDEO_EXTS, ImageReadError, _quiet_opencv, load_input, read_image, to_bgr8)
-from promptdet.structures import Detections
+from promptdet.runtime.predictor import BasePredictor
 from promptdet.text.prompts import normalize_prompts
 from promptdet.writers import ResultWriter, check_output, coco_results  # noqa: F401 - re-exported
 
@@ -125,72 +124,37 @@ def _device(name: str):
     return resolve_device(name)
 
 
-class Predictor:
-    """A model, a fixed list of prompts and thresholds; call it on BGR images to get ``Detections``.
+class Predictor(BasePredictor):
+    """The torch backend: a ``PromptDet`` model, a fixed list of prompts and thresholds.
 
-    conf: score threshold for every prompt. iou: NMS IoU within a prompt (prompts never suppress
-    each other). max_det: most boxes per prompt per image, so prompts stay independent.
-    imgsz: letterbox size, a multiple of 32 (default: the size the model was trained at).
+    See ``BasePredictor`` for the arguments; ``imgsz`` defaults to the size the model was trained at.
     """
+
+    backend = "torch"
 
     def __init__(self, model, prompts: str | list[str], conf: float = 0.25, iou: float = 0.6, max_det: int = 300,
                  imgsz: int | None = None, device: str = "cpu"):
-        self.prompts = normalize_prompts(prompts)
-        for name, value in (("conf", conf), ("iou", iou)):
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise UsageError(f"{name} must be between 0 and 1, got {value!r}")
-        if not isinstance(max_det, int) or max_det < 1:
-            raise UsageError(f"max_det must be a positive integer, got {max_det!r}")
-        self.imgsz = model.cfg.imgsz if imgsz is None else imgsz
-        if not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
-            raise UsageError(f"imgsz must be a multiple of 32 (at least 32), got {self.imgsz!r}")
-        self.conf, self.iou, self.max_det = float(conf), float(iou), max_det
+        super().__init__(prompts, conf, iou, max_det, model.cfg.imgsz if imgsz is None else imgsz)
         self.device = _device(device)
         self.encoder = model.encoder
         self.detector = model.detector.to(self.device).eval()
 
-    def predict(self, source: Any, keep_image: bool = True) -> Detections:
-        """Detections for a path, a numpy BGR array or a PIL image."""
-        t0 = time.perf_counter()
-        image, name = load_input(source)
-        return self(image, name, read_ms=(time.perf_counter() - t0) * 1e3, keep_image=keep_image)
-
-    def __call__(self, image_bgr: np.ndarray, image: str | None = None, frame: int | None = None,
-                 read_ms: float = 0.0, keep_image: bool = True) -> Detections:
-        """Detections for one BGR uint8 image [H, W, 3], boxes in its pixels."""
+    def _encode(self):
         import torch
 
-        from promptdet.model.postprocess import candidate_boxes_scores, nms_per_prompt
-        from promptdet.train.validate import image_tensor
-
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            enc = self.encoder.encode(self.prompts)  # a cache hit after the first image
-            pooled, tokens, mask = (t[None].to(self.device) for t in (enc.pooled, enc.token_feats, enc.token_mask))
-            t1 = time.perf_counter()
-            x, lb = image_tensor(image_bgr, self.imgsz, self.device)
-            sync()
-            t2 = time.perf_counter()
-            out = self.detector(x, pooled, tokens, mask)
-            sync()
-            t3 = time.perf_counter()
+            enc = self.encoder.encode(self.prompts)
+            return tuple(t[None].to(self.device) for t in (enc.pooled, enc.token_feats, enc.token_mask))
+
+    def _infer(self, x: np.ndarray, embeddings) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from promptdet.model.postprocess import candidate_boxes_scores
+
+        with torch.inference_mode():
+            out = self.detector(torch.from_numpy(x).to(self.device), *embeddings)
             boxes, scores = candidate_boxes_scores(out)
-            # Every candidate may survive NMS; the cap is applied per prompt below.
-            everything = scores.shape[1] * scores.shape[2]
-            b, s, ids = nms_per_prompt(boxes, scores, self.conf, self.iou, max_det=everything)[0]
-            b, s, ids = lb.boxes_to_original(b.float().cpu().numpy()), s.float().cpu().numpy(), ids.cpu().numpy()
-            keep = np.zeros(len(s), bool)
-            for k in np.unique(ids):
-                keep[np.flatnonzero(ids == k)[: self.max_det]] = True
-            order = np.argsort(-s[keep], kind="stable")
-            t4 = time.perf_counter()
-        ms = {"read": read_ms, "text": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3,
-              "post": (t4 - t3) * 1e3}
-        ms["total"] = read_ms + (t4 - t0) * 1e3
-        h, w = image_bgr.shape[:2]
-        return Detections(b[keep][order], s[keep][order], ids[keep][order], self.prompts, (w, h), image, ms, frame,
-                          image_bgr if keep_image else None)
+            return boxes[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
 
 
 @dataclass

@@ -45,7 +45,6 @@ def test_checks_runs():
 
 
 @pytest.mark.parametrize("args, issue", [
-    (["export", "--weights", "w"], 5),
     (["inspect", "--config", "c.yaml"], 6),
 ])
 def test_later_commands_say_not_implemented(args, issue):
@@ -61,6 +60,8 @@ def test_later_commands_say_not_implemented(args, issue):
     (["data", "instruct", "{tmp}/missing/scenes.jsonl"], 1, "no scenes file"),
     (["data", "convert", "{tmp}/x.json", "--from", "voc", "--out", "{tmp}/o"], 2, "unknown format 'voc'"),
     (["data", "preview", "{tmp}/missing"], 1, "no scenes file"),
+    (["export", "--weights", "{tmp}/missing.safetensors", "--out", "{tmp}/e"], 1, "missing.safetensors"),
+    (["detect", "--prompt", "x", "--weights", "{tmp}", "--backend", "onnx", "{tmp}/a.jpg"], 2, "EXPORT_DIR"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, args, code, needle):
     result = run_cli(*[a.format(tmp=tmp_path) for a in args])

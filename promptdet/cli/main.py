@@ -48,13 +48,15 @@ def detect(
     sources: list[str] = typer.Argument(None, help="Images, folders, globs, videos or camera indices (0, 1, ...)."),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="What to find; repeat it, or split with ';'."),
     prompts_file: Path = typer.Option(None, "--prompts-file", help="A text file with one prompt a line."),
-    weights: str = typer.Option(None, "--weights", help="Checkpoint or run folder (default: the bundled model)."),
+    weights: str = typer.Option(None, "--weights", help="Checkpoint, run folder or ONNX export folder "
+                                                        "(default: the bundled model)."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Score threshold, the same for every prompt."),
     iou: float = typer.Option(0.6, "--iou", min=0.0, max=1.0, help="NMS IoU threshold within a prompt."),
     max_det: int = typer.Option(300, "--max-det", min=1, help="Most boxes per prompt per image."),
     imgsz: int = typer.Option(None, "--imgsz", help="Inference size, a multiple of 32 (default: the training size)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
-    backend: str = typer.Option("torch", "--backend", help="torch or onnx."),
+    backend: str = typer.Option("auto", "--backend", help="torch, onnx, or auto (onnx when --weights is an "
+                                                          "export folder)."),
     out: Path = typer.Option(None, "--out", help="Folder for results (default: results go to stdout)."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl, json, csv, coco or yolo (yolo needs --out)."),
     save: bool = typer.Option(False, "--save", help="Write annotated images into --out."),
@@ -83,11 +85,19 @@ def detect(
         from promptdet.predict import ResultWriter, check_output, collect_prompts, expand_sources
         from promptdet.text.prompts import shorten
 
+        from promptdet.runtime.onnx import is_export_dir
+
         prompts = collect_prompts(prompt, prompts_file)
-        if backend == "onnx":
-            raise UsageError("--backend onnx is not available yet (issue #5); use --backend torch")
-        if backend != "torch":
-            raise UsageError(f"--backend {backend!r}: expected torch or onnx")
+        if backend not in ("auto", "torch", "onnx"):
+            raise UsageError(f"--backend {backend!r}: expected auto, torch or onnx")
+        exported = weights is not None and is_export_dir(weights)
+        if backend == "auto":
+            backend = "onnx" if exported else "torch"
+        if backend == "onnx" and not exported:
+            raise UsageError(f"--backend onnx needs --weights EXPORT_DIR (a folder with promptdet.json), got "
+                             f"{weights or 'none'}; make one with: promptdet export --out DIR")
+        if backend == "torch" and exported:
+            raise UsageError(f"--weights {weights} is an ONNX export folder; use --backend onnx (or auto)")
         if not sources:
             raise UsageError("no SOURCE given; name images, folders, globs, videos or a camera index")
         found, skipped, errors = expand_sources(sources)
@@ -100,11 +110,22 @@ def detect(
         if not found:
             raise typer.Exit(1)
 
-        import promptdet
-        from promptdet.predict import Predictor, run_sources
+        from promptdet.predict import run_sources
 
-        predictor = Predictor(promptdet.load(weights), prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
-                              device=device)
+        if backend == "onnx":
+            from promptdet.runtime.onnx import OnnxModel
+
+            providers = None if device == "auto" else device.split(":")[0]
+            onnx_model = OnnxModel(weights, providers=providers)
+            if not quiet:
+                say(f"onnxruntime provider: {onnx_model.provider}")
+            predictor = onnx_model.predictor(prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz)
+        else:
+            import promptdet
+            from promptdet.predict import Predictor
+
+            predictor = Predictor(promptdet.load(weights), prompts, conf=conf, iou=iou, max_det=max_det,
+                                  imgsz=imgsz, device=device)
         writer = ResultWriter(fmt, predictor.prompts, out, sys.stdout, save, save_crops)
         progress = not quiet and sys.stderr.isatty() and (len(found) > 1 or found[0].kind != "image")
         summary = run_sources(predictor, found, writer, lambda line: say(f"error: {line}"), skipped, progress)
@@ -190,13 +211,39 @@ def val(
 
 @app.command()
 def export(
-    weights: str = typer.Option(..., "--weights", help="Weights to export."),
+    weights: str = typer.Option(None, "--weights", help="Checkpoint or run folder (default: the bundled model)."),
     out: Path = typer.Option(Path("export"), "--out", help="Output folder."),
-    fmt: str = typer.Option("onnx", "--format", help="Export format."),
-    imgsz: int = typer.Option(640, "--imgsz", help="Export image size."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    imgsz: int = typer.Option(None, "--imgsz", help="Input size, a multiple of 32 (default: the training size)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch and image size (prompts are always dynamic)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset, 14 to 21."),
+    half: bool = typer.Option(False, "--half", help="fp16 weights in detector.onnx (inputs and outputs stay fp32)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write detector_int8.onnx (static int8, needs --calib)."),
+    calib: str = typer.Option(None, "--calib", help="Calibration data for --int8: a dataset YAML, JSONL or image folder."),
+    bake_prompts: str = typer.Option(None, "--bake-prompts", help="Also write detector_baked.onnx with these "
+                                                                   "prompts fixed ('a;b'), for single-input targets."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check parity with torch after export."),
 ) -> None:
-    """Export to ONNX: a text encoder and a detector whose prompts stay changeable."""
-    raise not_implemented("export", 5)
+    """Export to ONNX: a text encoder and a detector whose prompts stay changeable.
+
+    Writes text_encoder.onnx, detector.onnx, tokenizer.json and promptdet.json to --out, then
+    runs a parity check of onnxruntime against torch. Run the folder with
+    promptdet detect --backend onnx --weights DIR, or promptdet.load(DIR).
+    """
+    with user_errors():
+        from promptdet.errors import UsageError
+
+        if fmt != "onnx":
+            raise UsageError(f"--format {fmt!r}: only onnx is supported")
+        import promptdet
+        from promptdet.export.onnx import export_model
+
+        def say(line: str) -> None:
+            typer.echo(line, err=True)
+
+        export_model(promptdet.load(weights), out, imgsz=imgsz, dynamic=dynamic, opset=opset, half=half, int8=int8,
+                     calib=calib, bake_prompts=bake_prompts, verify=verify, log=say)
+        typer.echo(str(out))
 
 
 @app.command()

@@ -62,8 +62,9 @@ class PromptDetector(nn.Module):
         box_dist, boxes, region, anchor_points, stride_tensor = self.head(feats)
         prompt_vecs, word_feats = self.text_proj(pooled, tokens)
         dense = self.similarity(region, prompt_vecs)
-        h, w = images.shape[2], images.shape[3]
-        scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+        # [W, H, W, H] from the last anchor (centre of the last stride-32 cell, + half a cell): unlike
+        # torch.tensor(images.shape), this stays symbolic in an exported graph with dynamic sizes.
+        scale = ((anchor_points[-1] + 0.5) * stride_tensor[-1]).repeat(2).to(boxes.dtype)
         level_hw = [(f.shape[2], f.shape[3]) for f in feats]
         idx, cand_logits, valid = self.reasoner(dense, region, boxes / scale, level_hw, prompt_vecs, word_feats,
                                                 token_mask)

@@ -29,10 +29,29 @@ class ReasoningLayer(nn.Module):
 
     def forward(self, x, pad_mask, words, word_pad_mask):
         h = self.norm1(x)
-        x = x + self.self_attn(h, h, h, key_padding_mask=pad_mask, need_weights=False)[0]
+        x = x + attend(self.self_attn, h, h, pad_mask)
         h = self.norm2(x)
-        x = x + self.cross_attn(h, words, words, key_padding_mask=word_pad_mask, need_weights=False)[0]
+        x = x + attend(self.cross_attn, h, words, word_pad_mask)
         return x + self.ffn(self.norm3(x))
+
+
+def attend(mha: nn.MultiheadAttention, query: torch.Tensor, keys: torch.Tensor, key_pad: torch.Tensor) -> torch.Tensor:
+    """``mha(query, keys, keys, key_padding_mask=key_pad)[0]`` for batch-first inputs, written out.
+
+    nn.MultiheadAttention's own forward bakes the traced batch and length into its reshapes (and
+    its inference fast path has no ONNX export), so the exported graph would only accept the
+    number of prompts it was traced with. Same parameters, same result, shapes left symbolic.
+    """
+    heads = mha.num_heads
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    q = F.linear(query, w_q, b_q).unflatten(-1, (heads, -1)).transpose(1, 2)  # [N, H, Lq, hd]
+    k = F.linear(keys, w_k, b_k).unflatten(-1, (heads, -1)).transpose(1, 2)
+    v = F.linear(keys, w_v, b_v).unflatten(-1, (heads, -1)).transpose(1, 2)
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    logits = logits.masked_fill(key_pad[:, None, None, :], NEG)  # NEG, not -inf: exp() is exactly 0 either way
+    out = (logits.softmax(-1) @ v).transpose(1, 2).flatten(-2)
+    return mha.out_proj(out)
 
 
 def gather_anchors(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

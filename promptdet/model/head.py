@@ -70,10 +70,16 @@ class PromptSimilarity(nn.Module):
     def forward(self, region_embeds: torch.Tensor, prompt_vecs: torch.Tensor) -> torch.Tensor:
         region = F.normalize(region_embeds, dim=-1)
         prompts = F.normalize(prompt_vecs, dim=-1)
-        # Multiply-and-sum instead of a matmul: a GEMM may pick another kernel (and other rounding)
-        # for another number of prompts, and these logits choose candidates by rank, where a 1e-7
-        # difference could swap one. This way each prompt's row is computed the same for any K.
-        sim = (prompts.unsqueeze(2) * region.unsqueeze(1)).sum(-1)  # [B, K, A]
+        if self.training or torch.onnx.is_in_onnx_export():
+            # A GEMM: fast, and in training nothing depends on rounding at the 1e-7 level. In an
+            # exported graph the broadcast product would be a [B, K, A, D] tensor (34 MB at K = 8).
+            sim = torch.matmul(prompts, region.transpose(1, 2))  # [B, K, A]
+        else:
+            # Eval in torch: multiply-and-sum, because a GEMM may pick another kernel (and other
+            # rounding) for another number of prompts, and these logits choose candidates by rank,
+            # where a 1e-7 difference could swap one. This way each prompt's row is computed the
+            # same for any K, and a prompt's result never depends on the others, bit for bit.
+            sim = (prompts.unsqueeze(2) * region.unsqueeze(1)).sum(-1)  # [B, K, A]
         return sim * self.logit_scale.exp().clamp(max=100.0) + self.bias
 
 

@@ -52,3 +52,16 @@ def letterbox(image: np.ndarray, imgsz: int) -> tuple[np.ndarray, Letterbox]:
     out = cv2.copyMakeBorder(image, top, imgsz - nh - top, left, imgsz - nw - left, cv2.BORDER_CONSTANT,
                              value=(PAD_VALUE,) * 3)
     return out, Letterbox(scale, (float(left), float(top)), (w, h), imgsz)
+
+
+def to_input(image_bgr: np.ndarray, imgsz: int) -> tuple[np.ndarray, Letterbox]:
+    """BGR uint8 image [H, W, 3] -> the detector's input [1, 3, imgsz, imgsz] float32 RGB in 0-1.
+
+    The one place that defines the model's input: training, the torch predictor and the ONNX
+    runtime all come through here, so they cannot drift apart.
+    """
+    boxed, lb = letterbox(image_bgr, imgsz)
+    rgb = cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB)
+    x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+    x *= np.float32(1.0 / 255.0)
+    return x, lb

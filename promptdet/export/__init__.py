@@ -1,0 +1,1 @@
+"""ONNX export: two graphs (text encoder, detector) so prompts stay changeable after export."""

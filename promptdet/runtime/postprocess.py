@@ -1,0 +1,53 @@
+"""From per-prompt candidates to detections: threshold, NMS within each prompt, cap per prompt.
+
+numpy only, and used by both the torch and the ONNX predictors, so the two backends cannot
+disagree after the graph. The graph itself ends at candidate boxes and scores; NMS runs here,
+where it costs microseconds for K x 48 candidates and needs no export-specific operator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy NMS, highest score first. boxes [N, 4] xyxy, scores [N]."""
+    order = np.argsort(-scores, kind="stable")
+    boxes = boxes.astype(np.float64)
+    area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = (rb - lt).clip(0).prod(1)
+        overlap = inter / (area[i] + area[rest] - inter + 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def select_detections(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float,
+                      max_det: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's candidates -> (boxes [N, 4], scores [N], prompt_ids [N]), highest score first.
+
+    boxes [K, M, 4] and scores [K, M] as the detector gives them. Prompts never suppress each
+    other (one part may answer several prompts), and ``max_det`` caps each prompt on its own, so
+    a prompt's result does not depend on the other prompts.
+    """
+    out_boxes, out_scores, out_ids = [], [], []
+    for k in range(scores.shape[0]):
+        keep = np.flatnonzero(scores[k] >= conf)
+        if keep.size == 0:
+            continue
+        b, s = boxes[k, keep], scores[k, keep]
+        kept = nms(b, s, iou)[:max_det]
+        out_boxes.append(b[kept])
+        out_scores.append(s[kept])
+        out_ids.append(np.full(len(kept), k, dtype=np.int64))
+    if not out_scores:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    b, s, ids = np.concatenate(out_boxes), np.concatenate(out_scores), np.concatenate(out_ids)
+    order = np.argsort(-s, kind="stable")
+    return b[order].astype(np.float32), s[order].astype(np.float32), ids[order]
