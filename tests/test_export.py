@@ -314,3 +314,5 @@ def test_cli_usage_errors(exported, tiny_ckpt, tmp_path):
     assert r.exit_code == 2 and "multiple of 32" in r.output
     r = runner.invoke(app, ["export", "--weights", str(tiny_ckpt), "--int8", "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "--calib" in r.output
+    r = runner.invoke(app, ["export", "--weights", str(tiny_ckpt), "--half", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "--half is not supported" in r.output

@@ -217,7 +217,7 @@ def export(
     imgsz: int = typer.Option(None, "--imgsz", help="Input size, a multiple of 32 (default: the training size)."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch and image size (prompts are always dynamic)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset, 14 to 21."),
-    half: bool = typer.Option(False, "--half", help="fp16 weights in detector.onnx (inputs and outputs stay fp32)."),
+    half: bool = typer.Option(False, "--half", help="fp16 weights (not supported yet: says why and exits 2)."),
     int8: bool = typer.Option(False, "--int8", help="Also write detector_int8.onnx (static int8, needs --calib)."),
     calib: str = typer.Option(None, "--calib", help="Calibration data for --int8: a dataset YAML, JSONL or image folder."),
     bake_prompts: str = typer.Option(None, "--bake-prompts", help="Also write detector_baked.onnx with these "
