@@ -53,6 +53,42 @@ def synth(
         typer.echo(f"wrote {report.num_pairs} instructions ({kinds}) to {out / 'instructions.jsonl'}", err=True)
 
 
+@app.command("synth-video")
+def synth_video(
+    out: Path = typer.Option(..., "--out", help="Output video, .mp4 (or .avi); the ground truth goes to "
+                                                "<name>.gt.jsonl beside it."),
+    seconds: float = typer.Option(20.0, "--seconds", help="Length of the video in seconds."),
+    fps: float = typer.Option(10.0, "--fps", help="Frames per second."),
+    size: str = typer.Option("640x480", "--size", help="Frame size WIDTHxHEIGHT (both even)."),
+    seed: SeedOpt = 0,
+    defect_rate: float = typer.Option(0.25, "--defect-rate", help="Probability that a part is defective, 0 to 1."),
+    speed: float = typer.Option(None, "--speed", help="Belt speed in pixels per second "
+                                                      "(default: a quarter of the frame width)."),
+    categories: str = typer.Option(None, "--categories", help="Comma-separated part kinds, e.g. bottle,can "
+                                                              "(default: all)."),
+) -> None:
+    """Render a conveyor-line video (parts enter, pass and leave; some defective) with per-frame ground truth."""
+    from promptdet.data.synth.video import check_args, render_conveyor
+    from promptdet.errors import UsageError
+
+    with user_errors():
+        # Checked here, not by typer callbacks, so a bad argument is one line with exit code 2.
+        try:
+            size_wh = parse_size(size)
+        except typer.BadParameter as exc:
+            raise UsageError(f"--size: {exc.message}") from None
+        cats = [c.strip() for c in categories.split(",") if c.strip()] if categories is not None else None
+        try:
+            check_args(out, seconds, fps, size_wh, defect_rate, speed, cats)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        t0 = time.perf_counter()
+        report = render_conveyor(out, seconds=seconds, fps=fps, size_wh=size_wh, seed=seed,
+                                 defect_rate=defect_rate, speed_px_per_s=speed, categories=cats)
+        dt = time.perf_counter() - t0
+    typer.echo(f"{report.summary()} in {dt:.1f} s", err=True)
+
+
 @app.command()
 def instruct(
     scenes: Path = typer.Argument(..., help="A scenes.jsonl, or the folder that holds it."),
