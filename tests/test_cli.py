@@ -44,15 +44,6 @@ def test_checks_runs():
         assert key in result.stdout
 
 
-@pytest.mark.parametrize("args, issue", [
-    (["inspect", "--config", "c.yaml"], 6),
-])
-def test_later_commands_say_not_implemented(args, issue):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2
-    assert f"issue #{issue}" in result.output
-
-
 @pytest.mark.parametrize("args, code, needle", [
     (["data", "synth", "--out", "{tmp}/s", "--num", "2", "--size", "big"], 2, "WIDTHxHEIGHT"),
     (["data", "synth", "--out", "{tmp}/s", "--num", "0"], 2, "--num"),

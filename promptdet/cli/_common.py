@@ -51,10 +51,5 @@ def parse_size(value: str) -> tuple[int, int]:
     return w, h
 
 
-def not_implemented(command: str, issue: int) -> typer.Exit:
-    typer.echo(f"promptdet {command}: not implemented yet (tracked in issue #{issue})", err=True)
-    return typer.Exit(EXIT_USAGE)
-
-
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()

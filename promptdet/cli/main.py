@@ -10,7 +10,8 @@ import typer
 
 from promptdet import __version__
 from promptdet.cli import data
-from promptdet.cli._common import not_implemented, user_errors
+from promptdet.cli import inspect as inspect_cli
+from promptdet.cli._common import user_errors
 
 app = typer.Typer(
     name="promptdet",
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(inspect_cli.app, name="inspect")
 
 
 def _version(value: bool) -> None:
@@ -244,16 +246,6 @@ def export(
         export_model(promptdet.load(weights), out, imgsz=imgsz, dynamic=dynamic, opset=opset, half=half, int8=int8,
                      calib=calib, bake_prompts=bake_prompts, verify=verify, log=say)
         typer.echo(str(out))
-
-
-@app.command()
-def inspect(
-    config: Path = typer.Option(..., "--config", help="Line recipe YAML."),
-    source: str = typer.Option(None, "--source", help="Override the recipe's source."),
-    out: Path = typer.Option(None, "--out", help="Where the file sinks write."),
-) -> None:
-    """Run an inspection line: camera -> model -> verdict -> PLC, MQTT or a log."""
-    raise not_implemented("inspect", 6)
 
 
 def main() -> None:

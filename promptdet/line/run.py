@@ -1,0 +1,126 @@
+"""``promptdet inspect``: build the model, source, sinks and endpoint a recipe names, and run the loop.
+
+SIGINT and SIGTERM stop taking new parts; every part already judged is written to every sink
+(queues drained, files flushed) before the process exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from promptdet.errors import UsageError
+from promptdet.line.pipeline import Inspector, LineStats, rebase_file_sinks, run_line, stderr_line
+from promptdet.line.recipe import LineRecipe
+from promptdet.line.sinks import build_sinks
+from promptdet.line.sources import Backoff, FolderSource, OpenCvSource, SoftwareTrigger, trigger_frames
+
+
+def build_predictor(recipe: LineRecipe):
+    """The recipe's model as a predictor over its checks' prompts (torch or ONNX backend)."""
+    from promptdet.runtime.onnx import OnnxModel, is_export_dir
+
+    m = recipe.model
+    confs = [c.conf for c in recipe.checks if c.conf is not None]
+    conf = min([m.conf, *confs])  # each check applies its own threshold after this one
+    exported = m.weights is not None and is_export_dir(m.weights)
+    backend = ("onnx" if exported else "torch") if m.backend == "auto" else m.backend
+    if backend == "onnx":
+        if not exported:
+            raise UsageError(f"{recipe.file}: model.backend onnx needs model.weights to be an export folder "
+                             "(make one with: promptdet export --out DIR)")
+        return OnnxModel(m.weights, providers=m.provider).predictor(recipe.prompts, conf=conf, imgsz=m.imgsz)
+    if exported:
+        raise UsageError(f"{recipe.file}: model.weights {m.weights} is an ONNX export folder; set model.backend onnx")
+    import promptdet
+    from promptdet.predict import Predictor
+
+    return Predictor(promptdet.load(m.weights), recipe.prompts, conf=conf, imgsz=m.imgsz)
+
+
+def open_source(recipe: LineRecipe, stop: threading.Event, software: SoftwareTrigger | None):
+    """(frames iterator with the trigger mode applied, the source object)."""
+    spec = recipe.source
+    backoff = Backoff(spec.reconnect.initial_s, spec.reconnect.max_s)
+    kind = spec.kind
+    if kind == "auto":
+        kind = "folder" if Path(str(spec.uri)).is_dir() else "opencv"
+    on_event = lambda event: stderr_line(f"source: {event['event']} {event.get('reason', '')}".rstrip())  # noqa: E731
+    if kind == "folder":
+        source = FolderSource(spec.uri, watch=spec.trigger != "every-frame", on_event=on_event)
+    else:
+        source = OpenCvSource(spec.uri, backoff, on_event=on_event)
+    frames = trigger_frames(source.frames(), spec.trigger, source.stats, stop, software)
+    return frames, source
+
+
+def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | Path | None = None,
+                 quiet: bool = False, max_parts: int | None = None, on_record=None) -> LineStats:
+    """Run the line until the source ends, a signal arrives, or ``max_parts`` parts were judged."""
+    import dataclasses
+
+    if source is not None:
+        recipe = dataclasses.replace(recipe, source=dataclasses.replace(recipe.source, uri=source))
+    if out_dir is not None:
+        recipe = rebase_file_sinks(recipe, out_dir)
+    say = (lambda line: None) if quiet else stderr_line
+    predictor = build_predictor(recipe)
+    say(f"model: {getattr(predictor, 'backend', '?')} backend"
+        + (f" on {predictor.model.provider}" if hasattr(predictor, "model") else "")
+        + f"; {len(recipe.checks)} checks; deadline {recipe.deadline_ms:g} ms")
+    stop = threading.Event()
+    software = SoftwareTrigger() if recipe.source.trigger == "software" else None
+    frames, src = open_source(recipe, stop, software)
+    sinks = build_sinks(recipe.sinks)
+    for sink in sinks:
+        sink.start()
+    stats = LineStats(source=src.stats)
+
+    def request_stop(signum=None, _frame=None) -> None:
+        if not stop.is_set():
+            say(f"stopping ({signal.Signals(signum).name if signum else 'requested'}): draining the sinks")
+        stop.set()
+        src.stop()
+        if software is not None:
+            software.close()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+    server = None
+    if recipe.stats.port:
+        from promptdet.line.server import serve
+
+        server = serve(recipe.stats.port, lambda: {"ok": not stop.is_set(), "parts": stats.parts,
+                                                   "fps": round(stats.fps(), 3)},
+                       lambda: stats.prometheus(sinks), software.trigger if software else None)
+        say(f"http: /health and /metrics on 127.0.0.1:{recipe.stats.port}")
+    if software is not None and recipe.source.kind != "folder":
+        software.listen_stdin(sys.stdin)
+
+    counted = [0]
+
+    def record_hook(record: dict) -> None:
+        counted[0] += 1
+        if on_record is not None:
+            on_record(record)
+        if max_parts is not None and counted[0] >= max_parts:
+            request_stop()
+
+    try:
+        run_line(frames, Inspector(recipe, predictor), sinks, stop, stats, say, recipe.stats.interval_s, record_hook)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.shutdown()
+    say(stats.line())
+    for sink in sinks:
+        c = sink.counts
+        if c["spooled"] or c["errors"] or c["dropped"]:
+            say(f"sink {sink.name}: {c['written']} written, {c['spooled']} spooled for replay, {c['dropped']} dropped, "
+                f"{c['errors']} errors" + (f" (last: {sink.last_error})" if sink.last_error else ""))
+    return stats
