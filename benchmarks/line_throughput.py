@@ -1,0 +1,109 @@
+"""Inspection-line throughput and per-frame accuracy on the synthetic conveyor video.
+
+Renders a conveyor video (``promptdet data synth-video``), then runs the line loop of
+``configs/line.example.yaml`` (3 checks) on it with the ONNX backend, every frame, at each
+``--imgsz``. Prints frames per second and the capture-to-verdict latency p50/p99 (ms), and, against
+the video's ground truth, the share of defective frames with a FAIL verdict (target >= 90%) and of
+the other frames (target <= 5%). A frame is defective when a defective part is fully in view.
+
+    python benchmarks/line_throughput.py --export export/promptdet-n      # an existing dynamic export
+    python benchmarks/line_throughput.py                                   # exports the bundled model first
+
+The export must be ``--dynamic`` to run at several sizes. Sinks write to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def frame_scores(records: list[dict], gt_path: Path) -> dict:
+    """Per-frame FAIL coverage of defective frames and false FAIL rate on the others."""
+    truth = {}
+    with open(gt_path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            truth[int(row["frame"])] = bool(row["defective"])
+    fail = {int(r["frame"]): r["verdict"] != "PASS" for r in records}  # ERROR rejects, as FAIL does
+    bad = [f for f, d in truth.items() if d]
+    good = [f for f, d in truth.items() if not d]
+    hit = sum(fail.get(f, False) for f in bad)
+    false = sum(fail.get(f, False) for f in good)
+    return {"frames": len(truth), "judged": len(fail), "defective_frames": len(bad), "clean_frames": len(good),
+            "fail_on_defective": hit / max(len(bad), 1), "fail_on_clean": false / max(len(good), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--export", help="a dynamic export folder (default: export the bundled model)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "line.example.yaml"))
+    ap.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    ap.add_argument("--out", help="write the figures as JSON here")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from promptdet.data.synth.video import render_conveyor
+    from promptdet.line.pipeline import Inspector, LineStats, run_line
+    from promptdet.line.recipe import load_recipe
+    from promptdet.line.sinks import JsonlSink
+    from promptdet.line.sources import OpenCvSource
+    from promptdet.runtime.onnx import OnnxModel
+
+    work = Path(tempfile.mkdtemp(prefix="line_bench_"))
+    export = args.export
+    if export is None:
+        import promptdet
+        from promptdet.export.onnx import export_model
+
+        export = str(work / "export")
+        print("exporting the bundled model (dynamic) ...", file=sys.stderr)
+        export_model(promptdet.load(), export, dynamic=True, verify=False, log=lambda s: print(s, file=sys.stderr))
+    video = render_conveyor(work / "line.mp4", seconds=args.seconds, seed=args.seed)
+    print(f"video: {video.num_frames} frames, {video.num_defective_frames} defective", file=sys.stderr)
+    recipe = load_recipe(args.config)
+    model = OnnxModel(export, providers="cpu", threads=args.threads)
+    rows = []
+    for size in args.imgsz:
+        r = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, imgsz=size))
+        conf = min([r.model.conf, *[c.conf for c in r.checks if c.conf is not None]])
+        predictor = model.predictor(r.prompts, conf=conf, imgsz=size)
+        predictor(np.zeros((480, 640, 3), np.uint8))  # warm-up: session, prompt embeddings
+        out = work / f"r{size}.jsonl"
+        stats = LineStats()
+        source = OpenCvSource(str(video.video))
+        stats.source = source.stats
+        run_line(source.frames(), Inspector(r, predictor), [JsonlSink(out)], threading.Event(), stats)
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        infer = np.asarray(stats.latency["infer"])
+        row = {"imgsz": size, "fps": stats.fps(), "p50_ms": stats.percentiles("total")[0],
+               "p99_ms": stats.percentiles("total")[2], "infer_p50_ms": float(np.median(infer)),
+               "checks": len(r.checks), **frame_scores(records, video.gt)}
+        rows.append(row)
+        print(f"imgsz {size}: {row['fps']:.1f} fps", file=sys.stderr)
+
+    print(f"{'imgsz':>5} {'checks':>6} {'fps':>6} {'p50 ms':>7} {'p99 ms':>7} {'infer p50':>9} "
+          f"{'FAIL|defective':>14} {'FAIL|clean':>10}")
+    for row in rows:
+        print(f"{row['imgsz']:>5} {row['checks']:>6} {row['fps']:>6.1f} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
+              f"{row['infer_p50_ms']:>9.1f} {row['fail_on_defective']:>14.1%} {row['fail_on_clean']:>10.1%}")
+    print("targets: >= 25 fps at 320 with 3 checks; FAIL on >= 90% of defective frames and <= 5% of the others")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
