@@ -467,9 +467,8 @@ def _belt(rng, W, H, px):
     return img, (by0, by1)
 
 
-def _finish(rng, img, px):
-    """Lighting falloff, sometimes motion blur along the belt, sensor noise; to uint8."""
-    H, W = img.shape[:2]
+def _camera_gain(rng, W, H):
+    """Lighting falloff of the camera: a tilt, a vignette and an exposure, as a BGR gain image."""
     x = np.linspace(-0.5, 0.5, W, dtype=np.float32)
     y = np.linspace(-0.5, 0.5, H, dtype=np.float32)
     g = rng.uniform(0.1, 0.3)
@@ -478,8 +477,13 @@ def _finish(rng, img, px):
     exposure = rng.uniform(0.92, 1.08)
     row = g * math.sin(t) * y - vig * y * y + exposure
     col = g * math.cos(t) * x - vig * x * x
-    gain = row[:, None] + col[None, :]
-    img = cv2.multiply(img, cv2.cvtColor(gain, cv2.COLOR_GRAY2BGR))
+    return cv2.cvtColor(row[:, None] + col[None, :], cv2.COLOR_GRAY2BGR)
+
+
+def _finish(rng, img, px):
+    """Lighting falloff, sometimes motion blur along the belt, sensor noise; to uint8."""
+    H, W = img.shape[:2]
+    img = cv2.multiply(img, _camera_gain(rng, W, H))
     if rng.random() < 0.2:
         k = int(rng.integers(3, 8) * px) | 1
         img = cv2.blur(img, (k, 1))

@@ -142,7 +142,7 @@ def render_conveyor(out_path: str | os.PathLike, seconds: float = 20.0, fps: flo
     lxy = math.sqrt(1 - lz * lz)
     light = (lxy * math.cos(az), lxy * math.sin(az), lz)
     shadow_strength = rng.uniform(0.35, 0.55)
-    gain = _camera_gain(rng, W, H)
+    gain = R._camera_gain(rng, W, H)
 
     # Lay the parts out at t = 0 from the right to the left; the belt then shifts them right.
     travel = speed * (num_frames - 1) / fps
@@ -278,19 +278,6 @@ def _scroll(belt, shift, by0, by1):
         frame[by0:by1, shift:] = belt[by0:by1, :W - shift]
         frame[by0:by1, :shift] = belt[by0:by1, W - shift:]
     return frame
-
-
-def _camera_gain(rng, W, H):
-    """Lighting falloff of a fixed camera, as in ``render._finish``; the same for every frame."""
-    x = np.linspace(-0.5, 0.5, W, dtype=np.float32)
-    y = np.linspace(-0.5, 0.5, H, dtype=np.float32)
-    g = rng.uniform(0.1, 0.3)
-    t = rng.uniform(0, 2 * math.pi)
-    vig = rng.uniform(0.15, 0.45)
-    exposure = rng.uniform(0.92, 1.08)
-    row = g * math.sin(t) * y - vig * y * y + exposure
-    col = g * math.cos(t) * x - vig * x * x
-    return cv2.cvtColor(row[:, None] + col[None, :], cv2.COLOR_GRAY2BGR)
 
 
 def _expose(frame, gain, rng):
