@@ -136,7 +136,7 @@ class FixedPredictor:
     def __init__(self, prompts, delay_s=0.0, fail_on=None):
         self.prompts, self.delay_s, self.fail_on = prompts, delay_s, fail_on
 
-    def __call__(self, image, name=None, frame=None, keep_image=True):
+    def __call__(self, image, name=None, frame=None, read_ms=0.0, keep_image=True):
         from promptdet.structures import Detections
 
         time.sleep(self.delay_s)

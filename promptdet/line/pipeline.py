@@ -115,7 +115,7 @@ class Inspector:
         """-> (record, stage ms). The clock starts at capture, so queueing counts against the deadline."""
         r = self.recipe
         try:
-            det = self.predictor(frame.image, frame.name, frame.index, keep_image=False)
+            det = self.predictor(frame.image, frame.name, frame.index, read_ms=frame.read_ms, keep_image=False)
             results = []
             for i, check in enumerate(r.checks):
                 mine = det.prompt_ids == i

@@ -37,6 +37,7 @@ class Frame:
     t_capture: float  # time.time() when it was read
     part_id: str | None = None  # from a software trigger, or the file name of a folder source
     name: str | None = None  # what the frame came from, for records
+    read_ms: float = 0.0  # time to grab and decode it
 
 
 @dataclass
@@ -133,10 +134,13 @@ class OpenCvSource:
         while not self._stop.is_set():
             if self._cap is None and not self._connect():
                 return
+            t0 = time.perf_counter()
             ok, image = self._cap.read()
             if ok and image is not None:
                 self.stats.frames += 1
-                yield Frame(to_bgr8(image), index, time.time(), name=f"{self.uri}#{index}")
+                image = to_bgr8(image)
+                yield Frame(image, index, time.time(), name=f"{self.uri}#{index}",
+                            read_ms=(time.perf_counter() - t0) * 1e3)
                 index += 1
                 continue
             self._cap.release()
@@ -187,6 +191,7 @@ class FolderSource:
             batch = self._ready()
             for path in batch:
                 self._seen.add(path.name)
+                t0 = time.perf_counter()
                 try:
                     image = read_image(path)
                 except ImageReadError as exc:
@@ -195,7 +200,8 @@ class FolderSource:
                     self.on_event(event)
                     continue
                 self.stats.frames += 1
-                yield Frame(image, index, time.time(), part_id=path.stem, name=str(path))
+                yield Frame(image, index, time.time(), part_id=path.stem, name=str(path),
+                            read_ms=(time.perf_counter() - t0) * 1e3)
                 index += 1
             if not self.watch and not batch:
                 return
