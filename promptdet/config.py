@@ -91,16 +91,22 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     return cls(**kwargs)
 
 
-def load_dataset_config(path: str | Path) -> DatasetConfig:
-    """Read a dataset YAML; every source's format is checked."""
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The parsed YAML file (an empty file gives {}); a missing file or bad YAML is a ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"dataset config not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    cfg = from_dict(DatasetConfig, data or {}, str(path))
+    return {} if data is None else data
+
+
+def load_dataset_config(path: str | Path) -> DatasetConfig:
+    """Read a dataset YAML; every source's format is checked."""
+    path = Path(path)
+    cfg = from_dict(DatasetConfig, read_yaml(path, "dataset config"), str(path))
     cfg.file = str(path)
     for split in ("train", "val", "test"):
         for i, src in enumerate(getattr(cfg, split)):
@@ -144,14 +150,7 @@ class ModelConfig:
 
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read a model YAML (``configs/promptdet-n.yaml``); unknown keys are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    return model_config_from_dict(data, str(path))
+    return model_config_from_dict(read_yaml(path, "model config"), str(path))
 
 
 def model_config_from_dict(data: dict, where: str) -> ModelConfig:

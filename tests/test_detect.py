@@ -4,7 +4,6 @@ exit codes, clean stdout, the prompt cache, and the CLI agreeing with the API. A
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -46,15 +45,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from promptdet.config import ModelConfig
-    from promptdet.model.detector import PromptDetector
-    from promptdet.train.checkpoint import save_checkpoint
-
-    m = PromptDetector(ModelConfig(imgsz=64, max_candidates=16))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny",
-                           {f"model.{k}": v for k, v in m.state_dict().items()},
-                           {"model": dataclasses.asdict(m.cfg), "epoch": 0})
+def tiny(save_tiny_checkpoint) -> Path:
+    return save_tiny_checkpoint()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ graph; every test reads that folder (or a copy it damages).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -33,12 +32,11 @@ NEW_PROMPT = "the chipped washer nearest the lower edge"  # never used in traini
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
+def tiny_ckpt(save_tiny_checkpoint) -> Path:
     import torch
 
     from promptdet.config import ModelConfig
     from promptdet.model.detector import PromptDetector
-    from promptdet.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     m = PromptDetector(ModelConfig(imgsz=64, max_candidates=16))
@@ -58,9 +56,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     m.similarity.logit_scale.data.fill_(4.6)  # a trained model's scale spreads the scores
     for seq in m.head.box:  # and its boxes are a few strides wide, not 1e4 px
         seq[-1].weight.data *= 0.01
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny",
-                           {f"model.{k}": v for k, v in m.state_dict().items()},
-                           {"model": dataclasses.asdict(m.cfg), "epoch": 0})
+    return save_tiny_checkpoint(m)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ the deadline giving FAIL/timeout, a broken sink not stalling the line, and `insp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -31,15 +30,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    from promptdet.config import ModelConfig
-    from promptdet.model.detector import PromptDetector
-    from promptdet.train.checkpoint import save_checkpoint
-
-    m = PromptDetector(ModelConfig(imgsz=64, max_candidates=16))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny",
-                           {f"model.{k}": v for k, v in m.state_dict().items()},
-                           {"model": dataclasses.asdict(m.cfg), "epoch": 0})
+def tiny_ckpt(save_tiny_checkpoint) -> Path:
+    return save_tiny_checkpoint()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ folder of a few generated scenes; every test reads that folder.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -34,21 +33,15 @@ def _scene(seed: int, h: int = 48, w: int = 80) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory) -> Path:
+def tiny_export(tmp_path_factory, save_tiny_checkpoint) -> Path:
     import torch
 
     import promptdet
-    from promptdet.config import ModelConfig
     from promptdet.export.onnx import export_model
-    from promptdet.model.detector import PromptDetector
-    from promptdet.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    m = PromptDetector(ModelConfig(imgsz=64, max_candidates=16))
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny",
-                           {f"model.{k}": v for k, v in m.state_dict().items()},
-                           {"model": dataclasses.asdict(m.cfg), "epoch": 0})
+    ckpt = save_tiny_checkpoint()
     out = tmp_path_factory.mktemp("export") / "tiny"
     export_model(promptdet.load(ckpt), out, dynamic=True, verify=False, log=lambda _: None)
     return out

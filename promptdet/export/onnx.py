@@ -185,7 +185,7 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
         # The runtime refuses a graph whose hash differs: a file swapped in from another export.
         "sha256": {name: file_sha256(out / name) for key, name in files.items() if key.startswith("detector")},
     }
-    (out / "promptdet.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    _write_meta(out, meta)
     log(f"wrote {out} in {time.perf_counter() - t_start:.1f} s")
 
     if int8:
@@ -194,7 +194,7 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
         meta["int8"] = quantize_detector(out, calib, log=log)
         meta["files"]["detector_int8"] = meta["int8"]["file"]
         meta["sha256"][meta["int8"]["file"]] = meta["int8"]["sha256"]
-        (out / "promptdet.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        _write_meta(out, meta)
     if verify:
         from promptdet.export.verify import check_parity
 
@@ -204,10 +204,14 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
             report["baked"] = check_parity(model, out, detector_file=files["detector_baked"], log=log)
             report["passed"] = report["passed"] and report["baked"]["passed"]
         meta["parity"] = report
-        (out / "promptdet.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        _write_meta(out, meta)
         if not report["passed"]:
             raise PromptdetError(f"parity check failed (see above); the files in {out} may be wrong")
     return meta
+
+
+def _write_meta(out: Path, meta: dict) -> None:
+    (out / "promptdet.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
 
 def _weights_hash(model) -> str:

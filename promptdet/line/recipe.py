@@ -17,9 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
 
-from promptdet.config import ConfigError, from_dict
+from promptdet.config import ConfigError, from_dict, read_yaml
 from promptdet.line.rules import Rule, RuleError, parse_rule
 
 RECIPE_VERSION = 1
@@ -171,13 +170,7 @@ class LineRecipe:
 def load_recipe(path: str | Path) -> LineRecipe:
     """Read and validate a line recipe YAML; raises ConfigError naming the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"line recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    recipe = recipe_from_dict(data if data is not None else {}, str(path))
+    recipe = recipe_from_dict(read_yaml(path, "line recipe"), str(path))
     recipe.file = str(path)
     return recipe
 

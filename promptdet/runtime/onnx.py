@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -305,15 +304,6 @@ class OnnxPredictor(BasePredictor):
     def _infer(self, x: np.ndarray, embeddings) -> tuple[np.ndarray, np.ndarray]:
         boxes, scores = self.model.run(x, *embeddings)
         return boxes[0], scores[0]
-
-
-def time_encode(model: OnnxModel, prompt: str) -> tuple[float, float]:
-    """(ms for a new prompt, ms for the same prompt again): what the embedding cache saves."""
-    t0 = time.perf_counter()
-    model.encode([prompt])
-    t1 = time.perf_counter()
-    model.encode([prompt])
-    return (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
 
 
 def is_export_dir(path: Any) -> bool:

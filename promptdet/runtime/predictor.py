@@ -44,6 +44,7 @@ class BasePredictor:
         self.prompts = normalize_prompts(prompts)
         check_thresholds(conf, iou, max_det, imgsz)
         self.conf, self.iou, self.max_det, self.imgsz = float(conf), float(iou), max_det, imgsz
+        self._embeddings = None  # the prompts are fixed: encode them on the first image only
 
     # ---- the backend's two steps ----
     def _encode(self) -> Any:
@@ -65,7 +66,9 @@ class BasePredictor:
                  read_ms: float = 0.0, keep_image: bool = True) -> Detections:
         """Detections for one BGR uint8 image [H, W, 3], boxes in its pixels."""
         t0 = time.perf_counter()
-        embeddings = self._encode()  # a cache hit after the first image
+        if self._embeddings is None:
+            self._embeddings = self._encode()  # from the backend's cache if these prompts were seen before
+        embeddings = self._embeddings
         t1 = time.perf_counter()
         x, lb = to_input(image_bgr, self.imgsz)
         t2 = time.perf_counter()

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from promptdet.data.pairs import InstructionPair
 from promptdet.model.postprocess import candidate_boxes_scores, nms_per_prompt
-from promptdet.runtime.preprocess import letterbox
+from promptdet.runtime.preprocess import to_input
 from promptdet.train.evaluate import QueryResult, evaluate_queries
 
 
@@ -30,9 +30,8 @@ def encode_prompt_grid(encoder, prompts: list[list[str]], device) -> tuple[torch
 
 
 def image_tensor(image_bgr: np.ndarray, imgsz: int, device) -> tuple[torch.Tensor, object]:
-    boxed, lb = letterbox(image_bgr, imgsz)
-    rgb = cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB)
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device), lb
+    x, lb = to_input(image_bgr, imgsz)
+    return torch.from_numpy(x).to(device), lb
 
 
 @torch.no_grad()
