@@ -124,6 +124,7 @@ class ModelConfig:
 
     scale: backbone/neck size (n, s, m). embed_dim: width of region and prompt embeddings.
     max_candidates: peaks per (image, prompt) that the reasoning stage rescores.
+    word_pool_heads: learned queries that pool the prompt's word features into its vector (0 = off).
     """
 
     scale: str = "n"
@@ -136,6 +137,7 @@ class ModelConfig:
     text_dim: int = 384
     max_tokens: int = 48
     text_trainable_layers: int = 0
+    word_pool_heads: int = 0
     imgsz: int = 640
 
     def validate(self, where: str = "model config") -> "ModelConfig":
@@ -143,6 +145,8 @@ class ModelConfig:
             raise ConfigError(f"{where}: scale: unknown scale '{self.scale}' (valid: n, s, m)")
         if self.embed_dim % self.reason_heads:
             raise ConfigError(f"{where}: embed_dim ({self.embed_dim}) must be divisible by reason_heads ({self.reason_heads})")
+        if self.word_pool_heads < 0:
+            raise ConfigError(f"{where}: word_pool_heads must be 0 or more, got {self.word_pool_heads}")
         if self.imgsz % 32 or self.imgsz < 64:
             raise ConfigError(f"{where}: imgsz must be a multiple of 32 and at least 64, got {self.imgsz}")
         return self

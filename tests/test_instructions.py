@@ -206,3 +206,29 @@ def test_empty_scene_gives_only_absent_pairs():
     assert pairs and all(p.type == "absent" and p.boxes_xyxy == [] for p in pairs)
     with pytest.raises(ValueError):
         generate_instructions(scene, np.random.default_rng(0), absent_rate=1.5)
+
+
+def test_hard_absent_mix_asks_more_near_misses_and_stays_absent():
+    """The training-only "hard" mix names present parts with colours/defects they do not have."""
+    from promptdet.data.synth.instruct import generate_instructions
+
+    scene = {"image": "x.jpg", "width": 640, "height": 480, "objects": [
+        {"id": 0, "category": "bottle", "color": "red", "defects": ["scratch"], "bbox": [10, 10, 60, 120]},
+        {"id": 1, "category": "can", "color": "blue", "defects": [], "bbox": [200, 50, 260, 110]},
+        {"id": 2, "category": "bolt", "color": "silver", "defects": [], "bbox": [300, 300, 360, 330]}]}
+
+    def absent_kinds(mix):
+        rng = np.random.default_rng(0)
+        pairs = [p for _ in range(300) for p in generate_instructions(scene, rng, per_image=6, absent_rate=0.5,
+                                                                         absent_mix=mix) if p.type == "absent"]
+        for p in pairs:
+            sel = p.extra["query"]["select"]
+            assert not any(_fits(o, sel) for o in scene["objects"]), p
+        return Counter(p.extra["query"]["absent"] for p in pairs), len(pairs)
+
+    default, n_default = absent_kinds("default")
+    hard, n_hard = absent_kinds("hard")
+    assert hard["category"] / n_hard < default["category"] / n_default - 0.1
+    assert (hard["color"] + hard["defect"]) / n_hard > 0.6
+    with pytest.raises(ValueError, match="absent_mix"):
+        generate_instructions(scene, np.random.default_rng(0), absent_mix="nasty")

@@ -47,14 +47,18 @@ def test_every_scale_forward_backward_without_nan(scale, reg_max):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_prompts_are_independent_in_eval_mode():
+@pytest.mark.parametrize("word_pool_heads", [0, 4])
+def test_prompts_are_independent_in_eval_mode(word_pool_heads):
     torch.manual_seed(1)
-    model = PromptDetector(ModelConfig(imgsz=64, max_candidates=16)).eval()
+    model = PromptDetector(ModelConfig(imgsz=64, max_candidates=16, word_pool_heads=word_pool_heads)).eval()
+    torch.nn.init.normal_(model.reasoner.out.weight, std=0.05)  # zero-initialised: give words a real effect
+    if word_pool_heads:
+        torch.nn.init.normal_(model.text_proj.words.out.weight, std=0.05)
     x = torch.rand(1, 3, 64, 64)
     pooled, tokens, mask = prompts(4, t=7, seed=3)
     with torch.no_grad():
         full = model(x, pooled, tokens, mask)
-        alone = model(x, pooled[:, 1:2], tokens[:, 1:2, :4], mask[:, 1:2, :4])  # shorter padding too
+        alone = model(x, pooled[:, 1:2], tokens[:, 1:2, :6], mask[:, 1:2, :6])  # less padding too
         order = [3, 1, 0, 2]
         shuffled = model(x, pooled[:, order], tokens[:, order], mask[:, order])
 
@@ -67,6 +71,27 @@ def test_prompts_are_independent_in_eval_mode():
     for new_pos, old_pos in enumerate(order):
         assert (final(full, old_pos) - final(shuffled, new_pos)).abs().max() < 1e-4
     assert (full.dense_logits[0, 1] - alone.dense_logits[0, 0]).abs().max() < 1e-4
+
+
+def test_word_pooling_starts_as_the_identity_and_reads_the_words():
+    """Added to a trained model it changes nothing at first; once trained, a changed word moves the vector."""
+    from promptdet.model.head import TextProjection
+
+    torch.manual_seed(2)
+    plain, pooled_words = TextProjection(TEXT_DIM, 32).eval(), TextProjection(TEXT_DIM, 32, word_pool_heads=2).eval()
+    pooled_words.load_state_dict(plain.state_dict(), strict=False)
+    pooled, tokens, mask = prompts(3, t=6)
+    assert torch.equal(plain(pooled, tokens)[0], pooled_words(pooled, tokens, mask)[0])
+    torch.nn.init.normal_(pooled_words.words.out.weight, std=0.1)
+    base = pooled_words(pooled, tokens, mask)[0]
+    changed = tokens.clone()
+    changed[0, 0, 2] += 1.0  # another word in prompt 0 only
+    moved = pooled_words(pooled, changed, mask)[0]
+    assert (moved[0, 0] - base[0, 0]).abs().max() > 1e-4
+    assert torch.equal(moved[0, 1:], base[0, 1:])
+    padded = tokens.clone()
+    padded[0, 0, -1] += 100.0  # a padded position is ignored
+    assert torch.allclose(pooled_words(pooled, padded, mask)[0], base, atol=1e-6)
 
 
 def test_forward_is_the_same_in_train_and_eval_structure():

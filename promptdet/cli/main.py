@@ -156,14 +156,20 @@ def detect(
 @app.command()
 def train(
     data_path: str = typer.Option(..., "--data", help="Dataset YAML, instruction JSONL, or the folder holding it."),
-    model: str = typer.Option("n", "--model", help="Model scale (n, s, m) or a model YAML such as configs/promptdet-n.yaml."),
-    weights: str = typer.Option(None, "--weights", help="Start from this promptdet checkpoint (fine-tuning)."),
+    model: str = typer.Option(None, "--model", help="Model scale (n, s, m) or a model YAML such as configs/promptdet-n.yaml "
+                              "(default: n, or the architecture of --weights)."),
+    weights: str = typer.Option(None, "--weights", help="Start from this promptdet checkpoint (fine-tuning). With --model, "
+                                "the tensors that fit the new architecture are taken and the rest start fresh."),
     backbone_weights: str = typer.Option(None, "--backbone-weights",
                                          help="Start the backbone and neck from a YOLO26 state_dict (.safetensors or .pt of tensors)."),
     epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
     imgsz: int = typer.Option(640, "--imgsz", min=64, help="Training image size (a multiple of 32)."),
     batch: int = typer.Option(16, "--batch", min=1, help="Images per step (per process under torchrun)."),
     prompts_per_image: int = typer.Option(6, "--prompts-per-image", min=1, help="Instructions per image per step."),
+    absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=1.0,
+                                      help="Share of instructions drawn with an empty answer (synthetic data)."),
+    absent_mix: str = typer.Option("default", "--absent-mix",
+                                   help="default, or hard: more absent colours and defects of parts that are present."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: checkpoints, results.csv, plots."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the run folder's last checkpoint."),
@@ -178,10 +184,15 @@ def train(
         import promptdet
         from promptdet.api import PromptDet, resolve_model_config
 
-        m = promptdet.load(weights) if weights else PromptDet(resolve_model_config(model))
+        if weights:
+            m = promptdet.load(weights)
+            if model:  # a changed architecture: keep what fits (the trainer reports what did not)
+                m = PromptDet(resolve_model_config(model), m.weights, m.source)
+        else:
+            m = PromptDet(resolve_model_config(model or "n"))
         metrics = m.train(data_path, epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), resume=resume,
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
-                          replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed)
+                          absent_rate=absent_rate, absent_mix=absent_mix, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed)
     if metrics:
         from promptdet.train.evaluate import format_table
 

@@ -72,12 +72,14 @@ class PromptDataset(Dataset):
     """
 
     def __init__(self, sources: list[LoadedSource], imgsz: int, prompts_per_image: int = 8, augment=None,
-                 redraw: bool = True, seed: int = 0, cache: bool = True, absent_rate: float = 0.2):
+                 redraw: bool = True, seed: int = 0, cache: bool = True, absent_rate: float = 0.2,
+                 absent_mix: str = "default"):
         self.entries = index_images(sources)
         if not self.entries:
             raise ValueError("the training data holds no images")
         self.imgsz, self.k, self.augment = imgsz, prompts_per_image, augment
         self.redraw, self.seed, self.cache, self.absent_rate = redraw, seed, cache, absent_rate
+        self.absent_mix = absent_mix
         self.epoch = 0
         self._images: dict[int, tuple[np.ndarray, float]] = {}
 
@@ -110,7 +112,8 @@ class PromptDataset(Dataset):
     def _pairs(self, i: int, rng: np.random.Generator) -> list[InstructionPair]:
         entry = self.entries[i]
         if entry.scene is not None and self.redraw:
-            pairs = generate_instructions(entry.scene, rng, "train", per_image=self.k, absent_rate=self.absent_rate)
+            pairs = generate_instructions(entry.scene, rng, "train", per_image=self.k, absent_rate=self.absent_rate,
+                                          absent_mix=self.absent_mix)
         else:
             pairs = list(entry.pairs)
             if len(pairs) > self.k:

@@ -23,10 +23,12 @@ from promptdet.line.rules import Rule, RuleError, parse_rule
 
 RECIPE_VERSION = 1
 BACKENDS = ("auto", "torch", "onnx")
-SOURCE_KINDS = ("auto", "video", "camera", "folder")
+SOURCE_KINDS = ("auto", "video", "camera", "folder", "genicam")
 TRIGGERS = ("free-run", "every-frame", "software")
 FSYNC_MODES = ("record", "batch")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# OPC UA NodeId text (Part 6, 5.3.1.10): an optional ns=<index>; or nsu=<uri>; then i=, s=, g= or b=.
+_NODE_ID = re.compile(r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$")
 
 
 @dataclass
@@ -67,7 +69,8 @@ class ReconnectSpec:
 
 @dataclass
 class SourceSpec:
-    """uri: video path, camera index, rtsp/http URL, GStreamer pipeline string, or a folder to watch."""
+    """uri: video path, camera index, rtsp/http URL, GStreamer pipeline string, a folder to watch, or a
+    GenICam camera through a GenTL producer: genicam://<producer .cti path>[?serial=...] (kind genicam)."""
 
     uri: str | int
     kind: str = "auto"
@@ -114,18 +117,29 @@ class WebhookSinkSpec:
 
 @dataclass
 class OpcuaSinkSpec:
+    """Writes each part's verdict to the variable ``node`` (NodeId text, e.g. "ns=2;s=Line1.Verdict") in the
+    node's own data type: String "PASS"/"FAIL"/"ERROR", Boolean true = FAIL or ERROR, a number 0 PASS,
+    1 FAIL, 2 ERROR. part_id_node: a String variable that gets the part id in the same write request, so
+    the PLC can tell two equal verdicts in a row apart. timeout_s: per request."""
+
     endpoint: str
     node: str
+    part_id_node: str | None = None
+    timeout_s: float = 4.0
 
 
 @dataclass
 class ModbusSinkSpec:
-    """Writes the verdict to exactly one coil (1 = FAIL/ERROR) or holding register (0 PASS, 1 FAIL, 2 ERROR)."""
+    """Writes the verdict to exactly one coil (1 = FAIL or ERROR, 0 = PASS) or holding register
+    (0 PASS, 1 FAIL, 2 ERROR) of the Modbus TCP server at host:port. Addresses are 0-based protocol
+    addresses (coil 17 is the 18th coil, "00018" in 1-based PLC notation). unit_id: the device (slave) id."""
 
     host: str
     port: int = 502
     coil: int | None = None
     register: int | None = None
+    unit_id: int = 1
+    timeout_s: float = 2.0
 
 
 @dataclass
@@ -292,6 +306,7 @@ def _validate(r: LineRecipe, file: str) -> None:
     if isinstance(s.uri, bool) or not isinstance(s.uri, (str, int)) or (isinstance(s.uri, str) and not s.uri.strip()):
         raise ConfigError(f"{w('source.uri')}: expected a path, URL, pipeline or camera index, got {s.uri!r}")
     _choice(s.kind, SOURCE_KINDS, w("source.kind"))
+    _validate_genicam(s, w)
     _choice(s.trigger, TRIGGERS, w("source.trigger"))
     _positive(s.reconnect.initial_s, w("source.reconnect.initial_s"))
     if s.reconnect.max_s < s.reconnect.initial_s:
@@ -311,18 +326,51 @@ def _validate(r: LineRecipe, file: str) -> None:
         if not k.webhook.url.startswith(("http://", "https://")):
             raise ConfigError(f"{w('sinks.webhook.url')}: must start with http:// or https://, got {k.webhook.url!r}")
         _positive(k.webhook.timeout_s, w("sinks.webhook.timeout_s"))
+    if k.opcua:
+        if not k.opcua.endpoint.startswith("opc.tcp://"):
+            raise ConfigError(f"{w('sinks.opcua.endpoint')}: must start with opc.tcp://, got {k.opcua.endpoint!r}")
+        for key in ("node", "part_id_node"):
+            node = getattr(k.opcua, key)
+            if node is not None and not _NODE_ID.match(node):
+                raise ConfigError(f"{w('sinks.opcua.' + key)}: {node!r} is not an OPC UA NodeId; write it like "
+                                  f"'ns=2;s=Line1.Verdict' or 'ns=3;i=1001'")
+        if k.opcua.part_id_node == k.opcua.node:
+            raise ConfigError(f"{w('sinks.opcua.part_id_node')}: must be a different node from 'node'")
+        _positive(k.opcua.timeout_s, w("sinks.opcua.timeout_s"))
     if k.modbus:
         _port(k.modbus.port, w("sinks.modbus.port"))
         if (k.modbus.coil is None) == (k.modbus.register is None):
             raise ConfigError(f"{w('sinks.modbus')}: set exactly one of 'coil' or 'register'")
-        _positive(k.modbus.coil if k.modbus.coil is not None else k.modbus.register, w("sinks.modbus"),
-                  allow_zero=True)
+        key = "coil" if k.modbus.coil is not None else "register"
+        address = getattr(k.modbus, key)
+        if not 0 <= address <= 65535:
+            raise ConfigError(f"{w('sinks.modbus.' + key)}: must be a 0-based Modbus address (0-65535), got {address}")
+        if not 0 <= k.modbus.unit_id <= 255:
+            raise ConfigError(f"{w('sinks.modbus.unit_id')}: must be 0-255, got {k.modbus.unit_id}")
+        _positive(k.modbus.timeout_s, w("sinks.modbus.timeout_s"))
 
     if not r.deadline_ms > 0:
         raise ConfigError(f"{w('deadline_ms')}: must be positive, got {r.deadline_ms}")
     if r.stats.port is not None:
         _port(r.stats.port, w("stats.port"))
     _positive(r.stats.interval_s, w("stats.interval_s"))
+
+
+def _validate_genicam(s: SourceSpec, w) -> None:
+    """A genicam:// uri and kind genicam go together, and the uri's query names known device keys."""
+    is_genicam = isinstance(s.uri, str) and s.uri.startswith("genicam://")
+    if s.kind == "genicam" and not isinstance(s.uri, str):
+        raise ConfigError(f"{w('source.uri')}: kind genicam needs genicam://<producer .cti path>[?serial=...], "
+                          f"got {s.uri!r}")
+    if is_genicam and s.kind not in ("auto", "genicam"):
+        raise ConfigError(f"{w('source.kind')}: a genicam:// uri needs kind genicam or auto, got {s.kind!r}")
+    if is_genicam or s.kind == "genicam":
+        from promptdet.line.genicam import parse_genicam_uri  # no harvesters import: only the uri syntax
+
+        try:
+            parse_genicam_uri(s.uri)
+        except ValueError as exc:
+            raise ConfigError(f"{w('source.uri')}: {exc}") from None
 
 
 def _port(port: int, where: str) -> None:

@@ -45,11 +45,17 @@ def open_source(recipe: LineRecipe, stop: threading.Event, software: SoftwareTri
     spec = recipe.source
     backoff = Backoff(spec.reconnect.initial_s, spec.reconnect.max_s)
     kind = spec.kind
-    if kind == "auto":
+    if str(spec.uri).startswith("genicam://"):  # also when --source overrides the uri of another kind
+        kind = "genicam"
+    elif kind == "auto":
         kind = "folder" if Path(str(spec.uri)).is_dir() else "opencv"
     on_event = lambda event: stderr_line(f"source: {event['event']} {event.get('reason', '')}".rstrip())  # noqa: E731
     if kind == "folder":
         source = FolderSource(spec.uri, watch=spec.trigger != "every-frame", on_event=on_event)
+    elif kind == "genicam":
+        from promptdet.line.genicam import GenICamSource  # harvesters only when a recipe names a GenICam camera
+
+        source = GenICamSource(spec.uri, backoff, on_event=on_event)
     else:
         source = OpenCvSource(spec.uri, backoff, on_event=on_event)
     frames = trigger_frames(source.frames(), spec.trigger, source.stats, stop, software)

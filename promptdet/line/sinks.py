@@ -1,4 +1,4 @@
-"""Where verdict records go: files, a database, images, HTTP, MQTT.
+"""Where verdict records go: files, a database, images, HTTP, MQTT (and a PLC: OPC UA, Modbus in plc.py).
 
 Every sink runs on its own worker thread behind a bounded queue, so a slow, broken or hung sink never
 stalls the camera loop: ``put`` never blocks. Delivery is retried with exponential back-off; a batch
@@ -546,8 +546,8 @@ def build_sinks(spec, **kwargs) -> list[Sink]:
         sinks.append(WebhookSink(spec.webhook.url, spec.webhook.timeout_s, **kwargs))
     if spec.mqtt:
         sinks.append(MqttSink(spec.mqtt.host, spec.mqtt.port, spec.mqtt.topic, spec.mqtt.qos, **kwargs))
-    for name in ("opcua", "modbus"):
-        if getattr(spec, name):
-            raise PromptdetError(f"sinks.{name}: this sink is not available yet in this promptdet version "
-                                 f"(issue #6); remove it from the recipe or use mqtt/webhook")
+    if spec.opcua or spec.modbus:
+        from promptdet.line.plc import build_plc_sinks  # plc.py builds on Sink, so it is imported here
+
+        sinks += build_plc_sinks(spec, **kwargs)
     return sinks

@@ -52,7 +52,7 @@ class PromptDetector(nn.Module):
         self.backbone = Backbone(cfg.scale)
         self.neck = PanNeck(cfg.scale, self.backbone.out_channels)
         self.head = DetectHead(self.neck.out_channels, cfg.embed_dim, cfg.reg_max)
-        self.text_proj = TextProjection(cfg.text_dim, cfg.embed_dim)
+        self.text_proj = TextProjection(cfg.text_dim, cfg.embed_dim, cfg.word_pool_heads)
         self.similarity = PromptSimilarity()
         self.reasoner = CandidateReasoner(cfg.embed_dim, cfg.reason_layers, cfg.reason_heads, cfg.max_candidates)
 
@@ -60,7 +60,7 @@ class PromptDetector(nn.Module):
                 token_mask: torch.Tensor) -> DetectorOutput:
         feats = self.neck(*self.backbone(images))
         box_dist, boxes, region, anchor_points, stride_tensor = self.head(feats)
-        prompt_vecs, word_feats = self.text_proj(pooled, tokens)
+        prompt_vecs, word_feats = self.text_proj(pooled, tokens, token_mask)
         dense = self.similarity(region, prompt_vecs)
         # [W, H, W, H] from the last anchor (centre of the last stride-32 cell, + half a cell): unlike
         # torch.tensor(images.shape), this stays symbolic in an exported graph with dynamic sizes.

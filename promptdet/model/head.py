@@ -87,20 +87,56 @@ class RowwiseLinear(nn.Linear):
     """nn.Linear whose every output row is computed the same way whatever the number of rows.
 
     Used where a result feeds a ranking (see PromptSimilarity); same parameters as nn.Linear.
+    Training uses the plain GEMM: nothing there depends on rounding at the 1e-7 level.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
         return (x.unsqueeze(-2) * self.weight).sum(-1) + self.bias
 
 
-class TextProjection(nn.Module):
-    """Pooled sentence embedding [.., Dt] -> prompt vector [.., D], and token features -> [.., T, D]."""
+class WordPooling(nn.Module):
+    """Attention pooling of a prompt's word features with learned queries: [.., T, Dt] -> [.., D].
 
-    def __init__(self, text_dim: int, embed_dim: int):
+    A mean-pooled sentence embedding is dominated by the noun: "the blue bottles" and "the red
+    bottles" come out nearly the same vector. Learned queries can pick out the word that decides
+    (a colour, a defect) and give it its own weight. The output starts at zero, so a model trained
+    without it keeps its function when this is added. Written as multiply-and-sum so that each
+    prompt's row is computed the same for any number of prompts.
+    """
+
+    def __init__(self, text_dim: int, embed_dim: int, heads: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(heads, text_dim) * text_dim ** -0.5)
+        self.out = RowwiseLinear(heads * text_dim, embed_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        # tokens [.., T, Dt], token_mask [.., T] (True = real) -> [.., D]
+        logits = (tokens.unsqueeze(-3) * self.queries.unsqueeze(-2)).sum(-1)  # [.., H, T]
+        logits = logits.masked_fill(~token_mask.unsqueeze(-2), -1e4)
+        pooled = (logits.softmax(-1).unsqueeze(-1) * tokens.unsqueeze(-3)).sum(-2)  # [.., H, Dt]
+        return self.out(pooled.flatten(-2))
+
+
+class TextProjection(nn.Module):
+    """Pooled sentence embedding [.., Dt] -> prompt vector [.., D], and token features -> [.., T, D].
+
+    word_pool_heads > 0 adds ``WordPooling`` of the token features to the prompt vector.
+    """
+
+    def __init__(self, text_dim: int, embed_dim: int, word_pool_heads: int = 0):
         super().__init__()
         self.pooled = nn.Sequential(RowwiseLinear(text_dim, embed_dim * 2), nn.SiLU(),
                                     RowwiseLinear(embed_dim * 2, embed_dim))
         self.tokens = nn.Linear(text_dim, embed_dim)
+        self.words = WordPooling(text_dim, embed_dim, word_pool_heads) if word_pool_heads else None
 
-    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pooled(pooled), self.tokens(tokens)
+    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor,
+                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt = self.pooled(pooled)
+        if self.words is not None:
+            prompt = prompt + self.words(tokens, token_mask)
+        return prompt, self.tokens(tokens)

@@ -35,6 +35,8 @@ class TrainArgs:
     imgsz: int = 640
     batch: int = 16
     prompts_per_image: int = 6
+    absent_rate: float = 0.2  # share of a step's instructions whose answer is empty
+    absent_mix: str = "default"  # "hard": more near-miss colours and defects (synthetic data only)
     lr: float = 2e-3
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
@@ -111,7 +113,8 @@ class Trainer:
             weights += [None] * len(replay)
         self.train_set = PromptDataset(sources, args.imgsz, args.prompts_per_image,
                                        augment=self._augment() if args.augment else None, seed=args.seed,
-                                       cache=args.cache_images)
+                                       cache=args.cache_images, absent_rate=args.absent_rate,
+                                       absent_mix=args.absent_mix)
         self.loader = self._loader(sources, weights)
         self.val = self._val_source()
         if resume:

@@ -210,14 +210,24 @@ def _count_query(rng, objects, split):
     return "count", {"select": {"category": cat}, "op": op, "n": n}, targets, text
 
 
-def _absent_query(rng, objects, split):
+# Which kind of absent query to ask, as drawn weights. The default mix matches the stored val/test
+# files. "Hard" negatives name a part that *is* in the scene with a colour or defect that is not:
+# the near misses ("the blue bottles" among red ones) that a detector keyed on the noun gets wrong,
+# so training asks them more often.
+ABSENT_KINDS = {"default": ("category", "category", "color", "defect"),
+                "hard": ("category", "color", "color", "defect", "defect")}
+
+
+def _absent_query(rng, objects, split, mix: str = "default"):
     """A category, colour or defect that is nowhere in the image; the answer is empty."""
     present_cats = {o["category"] for o in objects}
     present_cols = {o["color"] for o in objects}
     present_defects = {d for o in objects for d in o["defects"]}
-    kind = ("category", "category", "color", "defect")[int(rng.integers(4))]
+    kinds = ABSENT_KINDS[mix]
+    name_part = 0.9 if mix == "hard" else 0.7  # how often the colour/defect is tied to a present kind
+    kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "color":
-        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < 0.7 else None
+        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part else None
         cols = [c for c in (COLORS_BY_CATEGORY[cat] if cat else COLORS) if c not in present_cols]
         if cols:
             select = {"category": cat, "color": cols[int(rng.integers(len(cols)))]}
@@ -225,7 +235,7 @@ def _absent_query(rng, objects, split):
     if kind == "defect":
         if not present_defects and rng.random() < 0.4:
             return _absent(rng, split, {"defect": "any"}, kind)
-        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < 0.6 else None
+        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part - 0.1 else None
         defects = [d for d in (DEFECTS_BY_CATEGORY[cat] if cat else DEFECTS) if d not in present_defects]
         if defects:
             return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, kind)
@@ -242,10 +252,16 @@ def _absent(rng, split, select, kind):
 
 
 def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "train", per_image: int = 6,
-                          absent_rate: float = 0.2, types: tuple[str, ...] = POSITIVE_TYPES) -> list[InstructionPair]:
-    """Instruction pairs for one scene (a ``scenes.jsonl`` record), about ``absent_rate`` of them absent."""
+                          absent_rate: float = 0.2, types: tuple[str, ...] = POSITIVE_TYPES,
+                          absent_mix: str = "default") -> list[InstructionPair]:
+    """Instruction pairs for one scene (a ``scenes.jsonl`` record), about ``absent_rate`` of them absent.
+
+    absent_mix: ``default`` or ``hard`` (more near-miss colours and defects, see ``ABSENT_KINDS``).
+    """
     if not 0.0 <= absent_rate <= 1.0:
         raise ValueError(f"absent_rate must be in [0, 1], got {absent_rate}")
+    if absent_mix not in ABSENT_KINDS:
+        raise ValueError(f"absent_mix must be one of {sorted(ABSENT_KINDS)}, got {absent_mix!r}")
     objects = scene["objects"]
     size_wh = (scene["width"], scene["height"])
     n_absent = int(rng.binomial(per_image, absent_rate)) if objects else per_image
@@ -268,7 +284,7 @@ def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "t
     for _ in range(n_absent * 3):
         if len(pairs) >= n_absent:
             break
-        add(_absent_query(rng, objects, split))
+        add(_absent_query(rng, objects, split, absent_mix))
     if objects:
         # Cycle through the types in a shuffled order, so every type gets its turn on every scene
         # that allows it; a type with no clear answer here is simply passed over.
