@@ -177,3 +177,34 @@ def test_slim_checkpoint_keeps_the_model_in_half_precision(tmp_path):
     loaded = promptdet.load(tmp_path / "slim.safetensors").detector.state_dict()
     for k, v in model.state_dict().items():
         assert loaded[k].dtype == v.dtype and torch.allclose(loaded[k].float(), v.float(), atol=1e-2, rtol=1e-3), k
+
+
+def test_type_weights_and_hard_absent_mix_shape_the_drawn_instructions(tiny_data, tmp_path, encoder):
+    from collections import Counter
+
+    def drawn(**kw):
+        trainer = _trainer(tiny_data / "tiny.yaml", tmp_path / str(len(kw)), encoder, epochs=1, max_steps=1,
+                           prompts_per_image=8, **kw)
+        counts = Counter()
+        for epoch in range(6):
+            trainer.train_set.set_epoch(epoch)
+            for i in range(len(trainer.train_set)):
+                counts.update(t for t in trainer.train_set[i].types if t != "pad")
+        return counts
+
+    plain, weighted = drawn(), drawn(type_weights={"defect": 3}, absent_rate=0.4, absent_mix="hard")
+    positive_share = lambda c, t: c[t] / (sum(c.values()) - c["absent"])  # noqa: E731
+    assert positive_share(weighted, "defect") > positive_share(plain, "defect") + 0.05, (plain, weighted)
+    assert weighted["absent"] / sum(weighted.values()) > plain["absent"] / sum(plain.values()), (plain, weighted)
+
+
+@pytest.mark.parametrize("text, message", [("defec=2", "unknown type"), ("defect=0", "whole number"),
+                                           ("defect=x", "whole number")])
+def test_cli_rejects_bad_type_weights(text, message, tiny_data):
+    from typer.testing import CliRunner
+
+    from promptdet.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_data / "tiny.yaml"), "--type-weights", text])
+    flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and message in flat, result.output

@@ -153,6 +153,23 @@ def detect(
         raise typer.Exit(3)
 
 
+def parse_type_weights(text: str) -> dict[str, int]:
+    """'defect=2,attribute=2' -> {"defect": 2, "attribute": 2}; a bad name or weight is a usage error."""
+    from promptdet.data.synth.instruct import POSITIVE_TYPES
+
+    weights = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, value = item.partition("=")
+        if name.strip() not in POSITIVE_TYPES:
+            raise typer.BadParameter(f"unknown type {name.strip()!r} (valid: {', '.join(POSITIVE_TYPES)})",
+                                     param_hint="--type-weights")
+        if not value.strip().isdigit() or not 1 <= int(value) <= 10:
+            raise typer.BadParameter(f"{item!r}: the weight must be a whole number from 1 to 10",
+                                     param_hint="--type-weights")
+        weights[name.strip()] = int(value)
+    return weights
+
+
 @app.command()
 def train(
     data_path: str = typer.Option(..., "--data", help="Dataset YAML, instruction JSONL, or the folder holding it."),
@@ -170,6 +187,8 @@ def train(
                                       help="Share of instructions drawn with an empty answer (synthetic data)."),
     absent_mix: str = typer.Option("default", "--absent-mix",
                                    help="default, or hard: more absent colours and defects of parts that are present."),
+    type_weights: str = typer.Option("", "--type-weights",
+                                     help="Ask some instruction types more often (synthetic data), e.g. 'defect=2,attribute=2'."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: checkpoints, results.csv, plots."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the run folder's last checkpoint."),
@@ -180,6 +199,7 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Train a promptable detector on instruction pairs (DDP under torchrun)."""
+    weights_by_type = parse_type_weights(type_weights)
     with user_errors():
         import promptdet
         from promptdet.api import PromptDet, resolve_model_config
@@ -192,7 +212,8 @@ def train(
             m = PromptDet(resolve_model_config(model or "n"))
         metrics = m.train(data_path, epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), resume=resume,
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
-                          absent_rate=absent_rate, absent_mix=absent_mix, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed)
+                          absent_rate=absent_rate, absent_mix=absent_mix,
+                          type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed)
     if metrics:
         from promptdet.train.evaluate import format_table
 

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from promptdet.data.pairs import InstructionPair
 from promptdet.data.sources import LoadedSource
-from promptdet.data.synth.instruct import generate_instructions, matches
+from promptdet.data.synth.instruct import POSITIVE_TYPES, generate_instructions, matches
 from promptdet.runtime.preprocess import letterbox
 
 
@@ -73,13 +73,15 @@ class PromptDataset(Dataset):
 
     def __init__(self, sources: list[LoadedSource], imgsz: int, prompts_per_image: int = 8, augment=None,
                  redraw: bool = True, seed: int = 0, cache: bool = True, absent_rate: float = 0.2,
-                 absent_mix: str = "default"):
+                 absent_mix: str = "default", type_weights: dict[str, int] | None = None):
         self.entries = index_images(sources)
         if not self.entries:
             raise ValueError("the training data holds no images")
         self.imgsz, self.k, self.augment = imgsz, prompts_per_image, augment
         self.redraw, self.seed, self.cache, self.absent_rate = redraw, seed, cache, absent_rate
         self.absent_mix = absent_mix
+        # A type with weight w gets w turns in each round of the generator's shuffled type cycle.
+        self.types = tuple(t for t in POSITIVE_TYPES for _ in range((type_weights or {}).get(t, 1)))
         self.epoch = 0
         self._images: dict[int, tuple[np.ndarray, float]] = {}
 
@@ -113,7 +115,7 @@ class PromptDataset(Dataset):
         entry = self.entries[i]
         if entry.scene is not None and self.redraw:
             pairs = generate_instructions(entry.scene, rng, "train", per_image=self.k, absent_rate=self.absent_rate,
-                                          absent_mix=self.absent_mix)
+                                          absent_mix=self.absent_mix, types=self.types)
         else:
             pairs = list(entry.pairs)
             if len(pairs) > self.k:

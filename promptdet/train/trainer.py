@@ -37,6 +37,7 @@ class TrainArgs:
     prompts_per_image: int = 6
     absent_rate: float = 0.2  # share of a step's instructions whose answer is empty
     absent_mix: str = "default"  # "hard": more near-miss colours and defects (synthetic data only)
+    type_weights: dict = field(default_factory=dict)  # e.g. {"defect": 2}: asked twice as often (synthetic)
     lr: float = 2e-3
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
@@ -114,7 +115,7 @@ class Trainer:
         self.train_set = PromptDataset(sources, args.imgsz, args.prompts_per_image,
                                        augment=self._augment() if args.augment else None, seed=args.seed,
                                        cache=args.cache_images, absent_rate=args.absent_rate,
-                                       absent_mix=args.absent_mix)
+                                       absent_mix=args.absent_mix, type_weights=args.type_weights)
         self.loader = self._loader(sources, weights)
         self.val = self._val_source()
         if resume:
