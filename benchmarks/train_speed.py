@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,14 +64,18 @@ def yolo26n_step(batch_images: torch.Tensor, boxes_per_image: list[np.ndarray], 
 
 
 def promptdet_step(batch_images, prompts, targets, imgsz: int):
-    from promptdet.config import ModelConfig
+    import dataclasses
+
+    from promptdet.config import load_model_config
     from promptdet.model._ultralytics import ModelEMA
     from promptdet.model.detector import PromptDetector
     from promptdet.text.encoder import TextEncoder
     from promptdet.train.loss import PromptDetLoss
     from promptdet.train.validate import encode_prompt_grid
 
-    cfg = ModelConfig(imgsz=imgsz)
+    # The bundled model's architecture (word pooling included), at the benchmark's size.
+    cfg = dataclasses.replace(load_model_config(Path(__file__).resolve().parents[1] / "configs" / "promptdet-n.yaml"),
+                              imgsz=imgsz)
     model = PromptDetector(cfg).train()
     encoder = TextEncoder(None, cfg.max_tokens)
     ema = ModelEMA(model)

@@ -17,11 +17,12 @@ MINIMAL = {"version": 1, "source": {"uri": "line.mp4"},
 
 def test_example_recipe_loads():
     recipe = load_recipe(REPO / "configs/line.example.yaml")
-    assert [c.name for c in recipe.checks] == ["defective_parts", "missing_cap", "bottle_present"]
+    assert [c.name for c in recipe.checks] == ["defective_parts", "missing_cap", "surface_damage"]
     assert recipe.prompts[0] == "find the defective parts"
     assert recipe.deadline_ms == 500.0 and recipe.source.uri == "line.mp4" and recipe.source.trigger == "every-frame"
     assert recipe.sinks.jsonl.path.startswith("runs/line/") and recipe.sinks.sqlite.path.startswith("runs/line/")
-    assert recipe.checks[2].rule.fails(0, 0.0) and not recipe.checks[2].rule.fails(1, 0.8)
+    assert recipe.checks[2].rule.fails(1, 0.8) and not recipe.checks[2].rule.fails(0, 0.0)
+    assert recipe.checks[2].roi == [60, 0, 580, 480] and recipe.checks[2].conf == 0.3
     assert recipe.stats.port is None  # the HTTP endpoint stays off unless asked for
 
 
