@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from promptdet.config import ModelConfig  # noqa: E402
 from promptdet.train import checkpoint as ckpt  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "val_max_pairs": 12, "progress": False}
 
 
@@ -116,6 +117,13 @@ def test_cli_train_then_val(tiny_data, tmp_path):
                     "--out", str(tmp_path / "run")], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "best.safetensors").is_file() and "category" in r.stderr
+    # A changed architecture from earlier weights: what fits is taken, the word pooling starts fresh.
+    r = _run(cli + ["train", "--data", str(tiny_data / "tiny.yaml"), "--imgsz", "64", "--epochs", "1", "--batch", "4",
+                    "--weights", str(tmp_path / "run"), "--model", str(REPO / "configs" / "promptdet-n.yaml"),
+                    "--out", str(tmp_path / "run2")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "initial weights: 3 missing and 0 unexpected tensors" in r.stderr, r.stderr[-2000:]
+    assert ckpt.load_checkpoint(tmp_path / "run2")[1]["model"]["word_pool_heads"] == 4
     r = _run(cli + ["val", "--data", str(tiny_data / "tiny.yaml"), "--weights", str(tmp_path / "run"), "--split", "test",
                     "--out", str(tmp_path / "val"), "--plots"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
