@@ -14,27 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def matched(gt_xyxy: np.ndarray, pred_xyxy: np.ndarray, iou_thr: float = 0.5) -> int:
-    """Ground-truth boxes matched one-to-one by predictions (given best first) at IoU >= iou_thr."""
-    from promptdet.train.evaluate import box_iou
-
-    if not len(gt_xyxy) or not len(pred_xyxy):
-        return 0
-    iou = box_iou(pred_xyxy, gt_xyxy)
-    free = np.ones(len(gt_xyxy), bool)
-    for row in iou:
-        cand = np.where(free & (row >= iou_thr))[0]
-        if len(cand):
-            free[cand[np.argmax(row[cand])]] = False
-    return int((~free).sum())
-
-
 def sweep(results, thresholds) -> list[dict]:
+    from promptdet.train.evaluate import greedy_matches
+
     rows = []
     for conf in thresholds:
         tp = fp = fn = 0
@@ -42,8 +27,8 @@ def sweep(results, thresholds) -> list[dict]:
         per_type: dict[str, list[int]] = {}
         for r in results:
             keep = r.pred_scores >= conf
-            pred = r.pred_boxes[keep][np.argsort(-r.pred_scores[keep])]
-            hit = matched(r.gt_boxes, pred)
+            pred = r.pred_boxes[keep]
+            hit = greedy_matches(r.gt_boxes, pred, r.pred_scores[keep])
             tp, fp, fn = tp + hit, fp + len(pred) - hit, fn + len(r.gt_boxes) - hit
             if r.type == "absent":
                 absent, fired = absent + 1, fired + bool(len(pred))

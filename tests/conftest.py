@@ -24,3 +24,22 @@ def save_tiny_checkpoint(tmp_path_factory):
                                {"model": dataclasses.asdict(m.cfg), "epoch": 0})
 
     return save
+
+
+@pytest.fixture
+def assert_recipe_rejected(tmp_path):
+    """check(data, message): a line recipe file holding ``data`` fails to load with ``message`` and its path."""
+
+    def check(data, message: str) -> None:
+        import yaml
+
+        from promptdet.config import ConfigError
+        from promptdet.line.recipe import load_recipe
+
+        path = tmp_path / "line.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError) as err:
+            load_recipe(path)
+        assert message in str(err.value) and str(path) in str(err.value)
+
+    return check

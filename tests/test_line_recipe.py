@@ -83,12 +83,8 @@ def _with(path: str, value):
     ({k: v for k, v in MINIMAL.items() if k != "source"}, "missing key 'source'"),
     (["not", "a", "mapping"], "expected a mapping"),
 ])
-def test_bad_recipe_names_the_key(tmp_path, data, message):
-    path = tmp_path / "line.yaml"
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError) as err:
-        load_recipe(path)
-    assert message in str(err.value) and str(path) in str(err.value)
+def test_bad_recipe_names_the_key(assert_recipe_rejected, data, message):
+    assert_recipe_rejected(data, message)
 
 
 def test_missing_and_invalid_files(tmp_path):

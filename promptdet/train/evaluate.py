@@ -82,7 +82,7 @@ def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def _greedy_matches(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, iou_thr: float = 0.5) -> int:
+def greedy_matches(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, iou_thr: float = 0.5) -> int:
     """How many GT boxes the predictions match, highest score first, each GT at most once."""
     if len(gt) == 0 or len(pred) == 0:
         return 0
@@ -167,7 +167,7 @@ def _row(items: list[tuple[QueryResult, np.ndarray, np.ndarray, np.ndarray]], co
             continue
         keep = scores >= conf
         gt_total += len(gt)
-        gt_matched += _greedy_matches(gt, pred[keep], scores[keep])
+        gt_matched += greedy_matches(gt, pred[keep], scores[keep])
         if r.type in SINGLE_TARGET_TYPES:
             # Top-1 regardless of conf, as in referring-expression accuracy; no box is a miss.
             single += 1
