@@ -26,6 +26,8 @@ def nms_per_prompt(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0.25
     """boxes [B, K, M, 4], scores [B, K, M] -> per image (boxes [N, 4], scores [N], prompt_ids [N]).
 
     Boxes of different prompts never suppress each other: one part may answer several prompts.
+    This is the export-safe torch form (IoU only), for graphs that must end in NMS; ``detect`` and
+    ``val`` use ``runtime.postprocess.select_detections``, which also drops parts inside a box.
     """
     results = []
     b, k, m = scores.shape

@@ -10,8 +10,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices of the boxes kept by greedy NMS, highest score first. boxes [N, 4] xyxy, scores [N]."""
+# A lower-scoring box whose area lies at least this much inside a kept box of the same prompt is
+# a part of that object scored as the object (the cap of a bottle for "all bottles"), not a
+# second object: IoU alone keeps it, since a small box inside a large one has a low IoU.
+CONTAINED = 0.9
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, contained: float | None = CONTAINED) -> np.ndarray:
+    """Indices of the boxes kept by greedy NMS, highest score first. boxes [N, 4] xyxy, scores [N].
+
+    A box is suppressed by a higher-scoring kept box when their IoU is above ``iou``, or when at
+    least ``contained`` of its own area lies inside that box (None turns this off).
+    """
     order = np.argsort(-scores, kind="stable")
     boxes = boxes.astype(np.float64)
     area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
@@ -23,13 +33,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         lt = np.maximum(boxes[i, :2], boxes[rest, :2])
         rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
         inter = (rb - lt).clip(0).prod(1)
-        overlap = inter / (area[i] + area[rest] - inter + 1e-9)
-        order = rest[overlap <= iou]
+        suppress = inter / (area[i] + area[rest] - inter + 1e-9) > iou
+        if contained is not None:
+            suppress |= inter >= contained * area[rest]
+        order = rest[~suppress]
     return np.asarray(keep, dtype=np.int64)
 
 
 def select_detections(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float,
-                      max_det: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      max_det: int, contained: float | None = CONTAINED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's candidates -> (boxes [N, 4], scores [N], prompt_ids [N]), highest score first.
 
     boxes [K, M, 4] and scores [K, M] as the detector gives them. Prompts never suppress each
@@ -42,7 +54,7 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: f
         if keep.size == 0:
             continue
         b, s = boxes[k, keep], scores[k, keep]
-        kept = nms(b, s, iou)[:max_det]
+        kept = nms(b, s, iou, contained)[:max_det]
         out_boxes.append(b[kept])
         out_scores.append(s[kept])
         out_ids.append(np.full(len(kept), k, dtype=np.int64))

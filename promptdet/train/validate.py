@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from promptdet.data.pairs import InstructionPair
-from promptdet.model.postprocess import candidate_boxes_scores, nms_per_prompt
+from promptdet.model.postprocess import candidate_boxes_scores
+from promptdet.runtime.postprocess import CONTAINED, select_detections
 from promptdet.runtime.preprocess import to_input
 from promptdet.train.evaluate import QueryResult, evaluate_queries
 
@@ -37,7 +38,7 @@ def image_tensor(image_bgr: np.ndarray, imgsz: int, device) -> tuple[torch.Tenso
 @torch.no_grad()
 def predict_pairs(model, encoder, pairs: list[InstructionPair], images_root: Path, imgsz: int,
                   conf: float = 0.001, iou: float = 0.6, max_det: int = 100, device="cpu",
-                  progress: bool = False) -> list[QueryResult]:
+                  progress: bool = False, contained: float | None = CONTAINED) -> list[QueryResult]:
     """Detections for every pair, as QueryResults in original-image pixels."""
     model.eval()
     by_image: dict[str, list[int]] = defaultdict(list)
@@ -51,9 +52,10 @@ def predict_pairs(model, encoder, pairs: list[InstructionPair], images_root: Pat
         x, lb = image_tensor(img, imgsz, device)
         pooled, tokens, mask = encode_prompt_grid(encoder, [[pairs[i].instruction for i in ids]], device)
         boxes, scores = candidate_boxes_scores(model(x, pooled, tokens, mask))
-        det_boxes, det_scores, det_ids = nms_per_prompt(boxes, scores, conf, iou, max_det=max_det * len(ids))[0]
-        det_boxes = lb.boxes_to_original(det_boxes.cpu().numpy())
-        det_scores, det_ids = det_scores.cpu().numpy(), det_ids.cpu().numpy()
+        # The same selection as `detect` (runtime/postprocess.py), so validation scores what users get.
+        det_boxes, det_scores, det_ids = select_detections(boxes[0].float().cpu().numpy(), scores[0].float().cpu().numpy(),
+                                                           conf, iou, max_det, contained)
+        det_boxes = lb.boxes_to_original(det_boxes)
         for j, i in enumerate(ids):
             keep = det_ids == j
             order = np.argsort(-det_scores[keep])[:max_det]

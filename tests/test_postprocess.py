@@ -1,0 +1,50 @@
+"""The numpy detection selection that detect (both backends) and validation share."""
+
+import numpy as np
+import pytest
+
+from promptdet.runtime.postprocess import nms, select_detections
+
+BOTTLE = [300.0, 230.0, 430.0, 370.0]
+CAP = [305.0, 235.0, 385.0, 320.0]  # wholly inside BOTTLE, IoU with it ~0.37
+
+
+def test_part_inside_a_higher_scoring_box_is_suppressed():
+    boxes = np.array([BOTTLE, CAP])
+    assert nms(boxes, np.array([0.9, 0.6]), iou=0.6).tolist() == [0]
+    # IoU alone keeps the part: that is the flaw the containment rule fixes.
+    assert nms(boxes, np.array([0.9, 0.6]), iou=0.6, contained=None).tolist() == [0, 1]
+
+
+def test_a_larger_lower_scoring_box_is_not_suppressed_by_a_part_inside_it():
+    boxes = np.array([BOTTLE, CAP])
+    # The small box scores higher: the big one is not "inside" it, so both stay.
+    assert nms(boxes, np.array([0.5, 0.9]), iou=0.6).tolist() == [1, 0]
+
+
+def test_side_by_side_and_partly_overlapping_boxes_are_kept():
+    boxes = np.array([[0, 0, 100, 100], [60, 0, 160, 100], [200, 0, 260, 50]], float)
+    # The second box is 40% inside the first (IoU 0.25): two objects, not a part.
+    assert sorted(nms(boxes, np.array([0.9, 0.8, 0.7]), iou=0.6).tolist()) == [0, 1, 2]
+
+
+def test_contained_threshold_is_respected():
+    big, half_in = [0, 0, 100, 100], [50, 0, 150, 40]  # half of the second box lies inside the first
+    boxes = np.array([big, half_in], float)
+    assert nms(boxes, np.array([0.9, 0.8]), 0.6, contained=0.5).tolist() == [0]
+    assert nms(boxes, np.array([0.9, 0.8]), 0.6, contained=0.6).tolist() == [0, 1]
+
+
+def test_empty_input_gives_empty_arrays():
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.6).tolist() == []
+    b, s, ids = select_detections(np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.float32), 0.25, 0.6, 10)
+    assert b.shape == (0, 4) and s.shape == (0,) and ids.shape == (0,)
+
+
+@pytest.mark.parametrize("contained", [0.9, None])
+def test_prompts_never_suppress_each_other(contained):
+    boxes = np.array([[BOTTLE, CAP], [CAP, BOTTLE]], np.float32)  # [K=2, M=2, 4]
+    scores = np.array([[0.9, 0.1], [0.8, 0.1]], np.float32)
+    b, s, ids = select_detections(boxes, scores, 0.25, 0.6, 10, contained)
+    # Prompt 1's cap survives although prompt 0's bottle contains it.
+    assert ids.tolist() == [0, 1] and np.allclose(b, [BOTTLE, CAP])
