@@ -40,7 +40,7 @@ import numpy as np
 from promptdet.data.synth import render as R
 from promptdet.data.vocab import CATEGORIES, COLORS_BY_CATEGORY, DEFECTS_BY_CATEGORY
 
-DEFAULT_FPS = 10.0  # the detector runs ~25 fps at imgsz 320 on a small CPU; 10 leaves room for rules and I/O
+DEFAULT_FPS = 10.0  # below what the line loop reaches on a 2-core CPU (benchmarks/line_throughput.py), leaving room for sinks
 DEFAULT_DEFECT_RATE = 0.25  # the still renderer's overall rate
 # Gap between consecutive parts as a share of the frame width. With parts ~80 px wide at 640x480
 # the mean pitch is ~0.5 W, so about two parts are in view and an empty frame cannot happen.
