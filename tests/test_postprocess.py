@@ -35,6 +35,11 @@ def test_contained_threshold_is_respected():
     assert nms(boxes, np.array([0.9, 0.8]), 0.6, contained=0.6).tolist() == [0, 1]
 
 
+def test_a_degenerate_box_elsewhere_is_not_taken_for_a_part():
+    boxes = np.array([BOTTLE, [10, 10, 10, 40]], float)  # zero width, far from the bottle
+    assert nms(boxes, np.array([0.9, 0.5]), 0.6).tolist() == [0, 1]
+
+
 def test_empty_input_gives_empty_arrays():
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.6).tolist() == []
     b, s, ids = select_detections(np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.float32), 0.25, 0.6, 10)

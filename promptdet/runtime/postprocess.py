@@ -35,7 +35,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, contained: float | No
         inter = (rb - lt).clip(0).prod(1)
         suppress = inter / (area[i] + area[rest] - inter + 1e-9) > iou
         if contained is not None:
-            suppress |= inter >= contained * area[rest]
+            suppress |= (inter > 0) & (inter >= contained * area[rest])  # a degenerate box is inside nothing
         order = rest[~suppress]
     return np.asarray(keep, dtype=np.int64)
 
