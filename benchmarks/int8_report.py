@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.data.sources import load_source, resolve_dataset  # noqa: E402
+from promptdet.config import ConfigError  # noqa: E402
+from promptdet.data.sources import load_eval_split  # noqa: E402
 from promptdet.export.quantize import (DEFAULT_MAX_IMAGES, INT8_FILE, _cpu_name, quantize_detector,  # noqa: E402
                                        time_graphs)
 from promptdet.runtime.onnx import OnnxModel  # noqa: E402
@@ -35,11 +36,10 @@ from promptdet.train.evaluate import ALL, QueryResult, evaluate_queries  # noqa:
 
 def eval_pairs(data: str, split: str, max_images: int):
     """The first ``max_images`` images of ``split`` with all their instruction pairs."""
-    cfg = resolve_dataset(data)
-    sources = getattr(cfg, split) or (cfg.val if split == "test" else [])
-    if not sources:
-        sys.exit(f"{data}: the dataset lists no {split} sources")
-    src = load_source(cfg, sources[0], split="test" if split == "test" else "train")
+    try:
+        src = load_eval_split(data, split)
+    except ConfigError as exc:
+        sys.exit(str(exc))
     by_image: dict[str, list] = defaultdict(list)
     for pair in src.pairs:
         by_image[pair.image].append(pair)

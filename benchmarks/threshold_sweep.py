@@ -51,17 +51,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import promptdet
-    from promptdet.data.sources import load_source, resolve_dataset
+    from promptdet.data.sources import load_eval_split
     from promptdet.train.validate import predict_pairs
 
     model = promptdet.load(args.weights)
-    data = resolve_dataset(args.data)
-    specs = getattr(data, args.split)
-    results = []
-    for spec in specs:
-        src = load_source(data, spec, split="test" if args.split == "test" else "train")  # as `promptdet val`
-        results += predict_pairs(model.detector, model.encoder, src.pairs, src.images_root,
-                                 args.imgsz or model.cfg.imgsz, progress=True)
+    src = load_eval_split(args.data, args.split)  # the queries `promptdet val` scores
+    results = predict_pairs(model.detector, model.encoder, src.pairs, src.images_root,
+                            args.imgsz or model.cfg.imgsz, progress=True)
     rows = sweep(results, [float(t) for t in args.thresholds.split(",")])
     types = [t for t in ("category", "attribute", "defect", "spatial", "superlative", "relation", "count")
              if t in rows[0]["recall_by_type"]]

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from promptdet.config import ConfigError, ModelConfig, load_model_config, model_config_from_dict
+from promptdet.config import ModelConfig, load_model_config, model_config_from_dict
 from promptdet.errors import PromptdetError, UsageError
 
 BUNDLED = Path(__file__).parent / "assets" / "promptdet-n"
@@ -141,17 +141,13 @@ class PromptDet:
         """Evaluate on a split ('val' or 'test') of ``data``; returns the metrics dict (see evaluate.py)."""
         import sys
 
-        from promptdet.data.sources import load_source, resolve_dataset
+        from promptdet.data.sources import load_eval_split
         from promptdet.train.evaluate import plot_pr_curves, save_metrics
         from promptdet.train.validate import validate
 
         if split not in ("train", "val", "test"):
             raise UsageError(f"split must be train, val or test, got {split!r}")
-        cfg = resolve_dataset(data)
-        sources = getattr(cfg, split) or (cfg.val if split == "test" else [])
-        if not sources:
-            raise ConfigError(f"{data}: the dataset lists no {split} sources")
-        src = load_source(cfg, sources[0], split="test" if split == "test" else "train")
+        src = load_eval_split(data, split)
         detector = self.detector.to(device)
         show = sys.stderr.isatty() if progress is None else progress
         metrics = validate(detector, self.encoder, src.pairs, src.images_root, imgsz or self.cfg.imgsz, conf,

@@ -155,18 +155,16 @@ def detect(
 
 def parse_type_weights(text: str) -> dict[str, int]:
     """'defect=2,attribute=2' -> {"defect": 2, "attribute": 2}; a bad name or weight is a usage error."""
-    from promptdet.data.synth.instruct import POSITIVE_TYPES
+    from promptdet.data.synth.instruct import weighted_types
 
-    weights = {}
+    weights: dict = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
-        name, _, value = item.partition("=")
-        if name.strip() not in POSITIVE_TYPES:
-            raise typer.BadParameter(f"unknown type {name.strip()!r} (valid: {', '.join(POSITIVE_TYPES)})",
-                                     param_hint="--type-weights")
-        if not value.strip().isdigit() or not 1 <= int(value) <= 10:
-            raise typer.BadParameter(f"{item!r}: the weight must be a whole number from 1 to 10",
-                                     param_hint="--type-weights")
-        weights[name.strip()] = int(value)
+        name, _, value = (part.strip() for part in item.partition("="))
+        weights[name] = int(value) if value.isdigit() else value  # a non-number is refused just below
+    try:
+        weighted_types(weights)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--type-weights") from None
     return weights
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from promptdet.data.pairs import InstructionPair
 from promptdet.data.sources import LoadedSource
-from promptdet.data.synth.instruct import POSITIVE_TYPES, generate_instructions, matches
+from promptdet.data.synth.instruct import generate_instructions, matches, weighted_types
 from promptdet.runtime.preprocess import letterbox
 
 
@@ -80,8 +80,7 @@ class PromptDataset(Dataset):
         self.imgsz, self.k, self.augment = imgsz, prompts_per_image, augment
         self.redraw, self.seed, self.cache, self.absent_rate = redraw, seed, cache, absent_rate
         self.absent_mix = absent_mix
-        # A type with weight w gets w turns in each round of the generator's shuffled type cycle.
-        self.types = tuple(t for t in POSITIVE_TYPES for _ in range((type_weights or {}).get(t, 1)))
+        self.types = weighted_types(type_weights)  # checked here, so the API gets the CLI's errors
         self.epoch = 0
         self._images: dict[int, tuple[np.ndarray, float]] = {}
 

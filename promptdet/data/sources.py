@@ -71,3 +71,13 @@ def load_source(cfg: DatasetConfig, source: SourceConfig, *, seed: int = 0, spli
 
     result = IMPORTERS[source.format](where, images_root=None, seed=seed, templates=split, absent_rate=absent_rate)
     return LoadedSource(source, result.pairs, Path(result.images_dir))
+
+
+def load_eval_split(data: str | Path, split: str) -> LoadedSource:
+    """The source that ``promptdet val`` scores for ``split`` of ``data``: the split's first source
+    (``test`` falls back to ``val``), worded with the held-out templates for ``test`` only."""
+    cfg = resolve_dataset(data)
+    sources = getattr(cfg, split) or (cfg.val if split == "test" else [])
+    if not sources:
+        raise ConfigError(f"{data}: the dataset lists no {split} sources")
+    return load_source(cfg, sources[0], split="test" if split == "test" else "train")

@@ -57,11 +57,10 @@ def predict_pairs(model, encoder, pairs: list[InstructionPair], images_root: Pat
                                                            conf, iou, max_det, contained)
         det_boxes = lb.boxes_to_original(det_boxes)
         for j, i in enumerate(ids):
-            keep = det_ids == j
-            order = np.argsort(-det_scores[keep])[:max_det]
+            keep = det_ids == j  # already highest score first and capped at max_det per prompt
             gt = np.array(pairs[i].boxes_xyxy, np.float32).reshape(-1, 4)
             results[i] = QueryResult(i, image_name, pairs[i].type, pairs[i].instruction, gt,
-                                     det_boxes[keep][order], det_scores[keep][order])
+                                     det_boxes[keep], det_scores[keep])
     return [r for r in results if r is not None]
 
 

@@ -251,6 +251,18 @@ def _absent(rng, split, select, kind):
     return "absent", {"select": select, "absent": kind}, [], text
 
 
+def weighted_types(type_weights: dict[str, int] | None = None) -> tuple[str, ...]:
+    """The ``types`` cycle of ``generate_instructions`` in which a type of weight w gets w turns
+    per round ({"defect": 2}: defect instructions asked twice as often). ValueError names a bad entry."""
+    weights = type_weights or {}
+    for name, value in weights.items():
+        if name not in POSITIVE_TYPES:
+            raise ValueError(f"unknown type {name!r} (valid: {', '.join(POSITIVE_TYPES)})")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10:
+            raise ValueError(f"'{name}={value}': the weight must be a whole number from 1 to 10")
+    return tuple(t for t in POSITIVE_TYPES for _ in range(weights.get(t, 1)))
+
+
 def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "train", per_image: int = 6,
                           absent_rate: float = 0.2, types: tuple[str, ...] = POSITIVE_TYPES,
                           absent_mix: str = "default") -> list[InstructionPair]:
