@@ -209,7 +209,7 @@ def test_empty_scene_gives_only_absent_pairs():
 
 
 def test_hard_absent_mix_asks_more_near_misses_and_stays_absent():
-    """The training-only "hard" mix names present parts with colours/defects they do not have."""
+    """The training-only "hard" and "defect" mixes name present parts with colours/defects they do not have."""
     from promptdet.data.synth.instruct import generate_instructions
 
     scene = {"image": "x.jpg", "width": 640, "height": 480, "objects": [
@@ -230,5 +230,7 @@ def test_hard_absent_mix_asks_more_near_misses_and_stays_absent():
     hard, n_hard = absent_kinds("hard")
     assert hard["category"] / n_hard < default["category"] / n_default - 0.1
     assert (hard["color"] + hard["defect"]) / n_hard > 0.6
+    defect, n_defect = absent_kinds("defect")
+    assert defect["defect"] / n_defect > hard["defect"] / n_hard + 0.1
     with pytest.raises(ValueError, match="absent_mix"):
         generate_instructions(scene, np.random.default_rng(0), absent_mix="nasty")

@@ -213,9 +213,11 @@ def _count_query(rng, objects, split):
 # Which kind of absent query to ask, as drawn weights. The default mix matches the stored val/test
 # files. "Hard" negatives name a part that *is* in the scene with a colour or defect that is not:
 # the near misses ("the blue bottles" among red ones) that a detector keyed on the noun gets wrong,
-# so training asks them more often.
+# so training asks them more often. "defect" asks mostly for a defect that no part has ("the
+# scratched gears" among clean and cracked ones): the near miss the detector gets wrong most.
 ABSENT_KINDS = {"default": ("category", "category", "color", "defect"),
-                "hard": ("category", "color", "color", "defect", "defect")}
+                "hard": ("category", "color", "color", "defect", "defect"),
+                "defect": ("category", "color", "defect", "defect", "defect", "defect")}
 
 
 def _absent_query(rng, objects, split, mix: str = "default"):
@@ -224,7 +226,7 @@ def _absent_query(rng, objects, split, mix: str = "default"):
     present_cols = {o["color"] for o in objects}
     present_defects = {d for o in objects for d in o["defects"]}
     kinds = ABSENT_KINDS[mix]
-    name_part = 0.9 if mix == "hard" else 0.7  # how often the colour/defect is tied to a present kind
+    name_part = 0.7 if mix == "default" else 0.9  # how often the colour/defect is tied to a present kind
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "color":
         cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part else None
@@ -268,7 +270,8 @@ def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "t
                           absent_mix: str = "default") -> list[InstructionPair]:
     """Instruction pairs for one scene (a ``scenes.jsonl`` record), about ``absent_rate`` of them absent.
 
-    absent_mix: ``default`` or ``hard`` (more near-miss colours and defects, see ``ABSENT_KINDS``).
+    absent_mix: ``default``, ``hard`` (more near-miss colours and defects) or ``defect`` (mostly
+    near-miss defects), see ``ABSENT_KINDS``.
     """
     if not 0.0 <= absent_rate <= 1.0:
         raise ValueError(f"absent_rate must be in [0, 1], got {absent_rate}")
