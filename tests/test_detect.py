@@ -461,8 +461,11 @@ def test_cli_stdout_is_clean_json_lines_and_agrees_with_the_api(tiny, model, ima
     assert [Path(o["image"]).name for o in objs] == ["img_a.jpg", "img_b.png", "img_c.jpg"]
     # stderr: the one error line and the summary; no OpenCV log lines (the text encoder's loading bar aside)
     lines = [line for line in result.stderr.splitlines() if line.strip() and "Loading weights" not in line]
+    # The summary counts what stdout carries (an untrained model's count varies: NMS may keep fewer than 5).
+    found = sum(len(o["detections"]) for o in objs)
+    assert 0 < found <= 30
     assert lines == [f"error: cannot read image {images / 'bad.png'}: not an image, or a damaged file",
-                     lines[1]] and lines[1].startswith("3 images (1 failed, 1 non-image files skipped): 30 detections")
+                     lines[1]] and lines[1].startswith(f"3 images (1 failed, 1 non-image files skipped): {found} detections")
     for obj in objs:
         api = model.detect(obj["image"], prompts=PROMPTS, conf=0.0, max_det=5).to_json()
         assert (obj["width"], obj["height"], obj["prompts"]) == (api["width"], api["height"], api["prompts"])
