@@ -16,10 +16,15 @@ def test_part_inside_a_higher_scoring_box_is_suppressed():
     assert nms(boxes, np.array([0.9, 0.6]), iou=0.6, contained=None).tolist() == [0, 1]
 
 
-def test_a_larger_lower_scoring_box_is_not_suppressed_by_a_part_inside_it():
+def test_a_lower_scoring_box_around_a_kept_one_is_suppressed():
     boxes = np.array([BOTTLE, CAP])
-    # The small box scores higher: the big one is not "inside" it, so both stay.
-    assert nms(boxes, np.array([0.5, 0.9]), iou=0.6).tolist() == [1, 0]
+    # The small box scores higher: the loose box around it is the same answer, so only it stays.
+    assert nms(boxes, np.array([0.5, 0.9]), iou=0.6).tolist() == [1]
+    assert nms(boxes, np.array([0.5, 0.9]), iou=0.6, contained=None).tolist() == [1, 0]
+    # A loose group box over three bottles goes; the bottles stay.
+    bottles = [[10, 10, 60, 110], [80, 10, 130, 110], [150, 10, 200, 110]]
+    boxes = np.array(bottles + [[0, 0, 210, 120]], float)
+    assert nms(boxes, np.array([0.95, 0.9, 0.85, 0.27]), iou=0.6).tolist() == [0, 1, 2]
 
 
 def test_side_by_side_and_partly_overlapping_boxes_are_kept():
