@@ -27,7 +27,7 @@ def nms_per_prompt(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0.25
 
     Boxes of different prompts never suppress each other: one part may answer several prompts.
     This is the export-safe torch form (IoU only), for graphs that must end in NMS; ``detect`` and
-    ``val`` use ``runtime.postprocess.select_detections``, which also drops parts inside a box.
+    ``val`` use ``runtime.postprocess.select_detections``, which also drops nested boxes.
     """
     results = []
     b, k, m = scores.shape

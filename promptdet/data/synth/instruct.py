@@ -210,14 +210,15 @@ def _count_query(rng, objects, split):
     return "count", {"select": {"category": cat}, "op": op, "n": n}, targets, text
 
 
-# Which kind of absent query to ask, as drawn weights. The default mix matches the stored val/test
-# files. "Hard" negatives name a part that *is* in the scene with a colour or defect that is not:
+# Which kind of absent query to ask, as drawn weights, and how often a colour or defect is tied to
+# a part kind that is present ("the blue bottles" rather than "blue parts"). The default mix matches
+# the stored val/test files. "Hard" negatives name a part that *is* in the scene with a colour or defect that is not:
 # the near misses ("the blue bottles" among red ones) that a detector keyed on the noun gets wrong,
 # so training asks them more often. "defect" asks mostly for a defect that no part has ("the
 # scratched gears" among clean and cracked ones): the near miss the detector gets wrong most.
-ABSENT_KINDS = {"default": ("category", "category", "color", "defect"),
-                "hard": ("category", "color", "color", "defect", "defect"),
-                "defect": ("category", "color", "defect", "defect", "defect", "defect")}
+ABSENT_KINDS = {"default": (("category", "category", "color", "defect"), 0.7),
+                "hard": (("category", "color", "color", "defect", "defect"), 0.9),
+                "defect": (("category", "color", "defect", "defect", "defect", "defect"), 0.9)}
 
 
 def _absent_query(rng, objects, split, mix: str = "default"):
@@ -225,8 +226,7 @@ def _absent_query(rng, objects, split, mix: str = "default"):
     present_cats = {o["category"] for o in objects}
     present_cols = {o["color"] for o in objects}
     present_defects = {d for o in objects for d in o["defects"]}
-    kinds = ABSENT_KINDS[mix]
-    name_part = 0.7 if mix == "default" else 0.9  # how often the colour/defect is tied to a present kind
+    kinds, name_part = ABSENT_KINDS[mix]
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "color":
         cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part else None
