@@ -216,3 +216,34 @@ def test_cli_rejects_bad_type_weights(text, message, tiny_data):
     result = CliRunner().invoke(app, ["train", "--data", str(tiny_data / "tiny.yaml"), "--type-weights", text])
     flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
     assert result.exit_code == 2 and message in flat, result.output
+
+
+def test_time_budget_fits_the_epoch_count(tiny_data, tmp_path, encoder):
+    # A budget already spent ends the run after its first epoch, whatever --epochs said.
+    out = tmp_path / "timed"
+    trainer = _trainer(tiny_data / "tiny.yaml", out, encoder, epochs=5, time=1e-7)
+    trainer.train()
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 2, rows  # the header and one epoch
+    assert trainer.args.epochs == 1
+    # The count follows the mean epoch: 2 epochs in 10 s, 60 s budget -> 10 more fit.
+    trainer.args.time = 60 / 3600
+    assert trainer._epochs_for_budget(2, 10.0) == 12
+    assert trainer._epochs_for_budget(2, 70.0) == 2  # over budget: stop now
+
+
+def test_loss_takes_half_precision_outputs_as_under_amp(tiny_data, tmp_path, encoder):
+    # On a GPU the forward runs under autocast (float16). The assigner used to fail on half boxes.
+    from promptdet.train.validate import encode_prompt_grid
+
+    trainer = _trainer(tiny_data / "tiny.yaml", tmp_path / "amp", encoder, epochs=1)
+    images, prompts, targets, _ = next(iter(trainer.loader))
+    images = images.float() / 255
+    pooled, tokens, mask = encode_prompt_grid(trainer.encoder, prompts, trainer.device)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = trainer.model(images, pooled, tokens, mask)
+    assert out.boxes_xyxy.dtype == torch.float16  # the case under test really happened
+    loss, items = trainer.loss(out, targets, images.shape[2:])
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)

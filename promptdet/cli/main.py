@@ -178,6 +178,9 @@ def train(
     backbone_weights: str = typer.Option(None, "--backbone-weights",
                                          help="Start the backbone and neck from a YOLO26 state_dict (.safetensors or .pt of tensors)."),
     epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
+    time_hours: float = typer.Option(0.0, "--time", min=0.0,
+                                     help="Train for about this many hours: after each epoch the epoch count (and the "
+                                          "LR schedule) is fitted to the time left. Overrides --epochs; 0 = off."),
     imgsz: int = typer.Option(640, "--imgsz", min=64, help="Training image size (a multiple of 32)."),
     batch: int = typer.Option(16, "--batch", min=1, help="Images per step (per process under torchrun)."),
     prompts_per_image: int = typer.Option(6, "--prompts-per-image", min=1, help="Instructions per image per step."),
@@ -195,6 +198,9 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(0, "--workers", min=0, help="Data loader processes (0 = in the training process)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    cache: bool = typer.Option(True, "--cache/--no-cache",
+                               help="Keep decoded images in RAM. Each loader process holds its own copy, so turn it off "
+                                    "for many workers on a large set."),
 ) -> None:
     """Train a promptable detector on instruction pairs (DDP under torchrun)."""
     weights_by_type = parse_type_weights(type_weights)
@@ -211,7 +217,8 @@ def train(
         metrics = m.train(data_path, epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), resume=resume,
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
                           absent_rate=absent_rate, absent_mix=absent_mix,
-                          type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed)
+                          type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
+                          time=time_hours, cache_images=cache)
     if metrics:
         from promptdet.train.evaluate import format_table
 

@@ -9,7 +9,7 @@ candidates) learns the answer itself, with an IoU-aware target per candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,10 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[..., :, None] + area_b[..., None, :] - inter + 1e-9)
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.is_floating_point() else x
+
+
 class PromptDetLoss:
     """Weights follow YOLO's defaults (box 7.5, cls 0.5, dfl 1.5); ``reason`` weighs stage 2."""
 
@@ -60,6 +64,9 @@ class PromptDetLoss:
         self.bbox_loss = BboxLoss(reg_max)
 
     def __call__(self, out: DetectorOutput, t: PromptTargets, imgsz_hw: tuple[int, int]):
+        # Under AMP the forward pass gives half-precision tensors; the assigner writes float32 IoUs into
+        # a tensor of the boxes' dtype and the losses need float32 range, so upcast (as ultralytics does).
+        out = DetectorOutput(**{f.name: _as_float(getattr(out, f.name)) for f in fields(out)})
         b, k, a = out.dense_logits.shape
         n = b * k
         valid = t.prompt_valid.reshape(n)

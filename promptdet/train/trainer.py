@@ -54,9 +54,18 @@ class TrainArgs:
     replay: str | None = None  # base data mixed in while fine-tuning, so earlier skills are kept
     replay_ratio: float = 0.3
     max_steps: int = 0  # stop after this many optimizer steps (0 = run every epoch); for smoke tests
+    time: float = 0.0  # hours; when set, the epoch count is fitted to it after each epoch (as in ultralytics)
     progress: bool | None = None
     log_every: int = 50  # steps between plain progress lines when stderr is not a terminal
     extra: dict = field(default_factory=dict)
+
+
+def _single_threaded_worker(_worker_id: int) -> None:
+    # Each loader process would otherwise start one OpenCV thread per core: with many workers they
+    # crowd out the training process, whose kernel launches are what a GPU step waits on.
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -152,7 +161,8 @@ class Trainer:
         else:
             sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.args.seed))
         return DataLoader(self.train_set, batch_size=self.args.batch, sampler=sampler, num_workers=self.args.workers,
-                          collate_fn=collate, drop_last=n >= self.args.batch * 2, persistent_workers=False)
+                          collate_fn=collate, drop_last=n >= self.args.batch * 2, persistent_workers=False,
+                          worker_init_fn=_single_threaded_worker, pin_memory=self.device.type == "cuda")
 
     def _val_source(self):
         splits = self.dataset_cfg.val or []
@@ -164,6 +174,19 @@ class Trainer:
             step = len(pairs) / self.args.val_max_pairs
             pairs = [pairs[int(i * step)] for i in range(self.args.val_max_pairs)]
         return pairs, src.images_root
+
+    def _epochs_for_budget(self, epochs_done: int, elapsed_s: float) -> int:
+        """The total epoch count that fits ``args.time`` hours, from the mean epoch so far (validation included).
+
+        Every rank computes it from its own clock; rank 0's is broadcast so that DDP ranks stop together.
+        The LR schedule follows the new total, as ultralytics' ``time`` does.
+        """
+        per_epoch = elapsed_s / max(1, epochs_done - self.start_epoch)
+        left = int((self.args.time * 3600 - elapsed_s) // per_epoch)
+        total = torch.tensor([epochs_done + max(0, left)], dtype=torch.long, device=self.device)
+        if self.world > 1:
+            torch.distributed.broadcast(total, src=0)
+        return int(total.item())
 
     def _lr_at(self, step: int, steps_per_epoch: int) -> float:
         total = max(1, self.args.epochs * steps_per_epoch)
@@ -216,12 +239,16 @@ class Trainer:
                 model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
             self.model = model
         use_amp = self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        # bfloat16 keeps float32's range (no overflow in masked logits, no loss scaling) where the GPU has it.
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         steps_per_epoch = len(self.loader)
         step = self.start_epoch * steps_per_epoch
         metrics: dict = {}
         history = self._read_history()
-        for epoch in range(self.start_epoch, self.args.epochs):
+        run_t0 = time.perf_counter()
+        epoch = self.start_epoch
+        while epoch < self.args.epochs:
             self.train_set.set_epoch(epoch)
             if isinstance(self.loader.sampler, DistributedSampler):
                 self.loader.sampler.set_epoch(epoch)
@@ -236,9 +263,9 @@ class Trainer:
                     group["lr"] = self._lr_at(step, steps_per_epoch)
                 images = images.to(self.device, non_blocking=True).float().div_(255)
                 pooled, tokens, mask = encode_prompt_grid(self.encoder, prompts, self.device)
-                with torch.autocast(self.device.type, enabled=use_amp):
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                     out = model(images, pooled, tokens, mask)
-                    loss, items = self.loss(out, targets.to(self.device), images.shape[2:])
+                loss, items = self.loss(out, targets.to(self.device), images.shape[2:])  # float32 (see the loss)
                 self.optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(self.optimizer)
@@ -283,6 +310,9 @@ class Trainer:
                 print(f"epoch {epoch + 1}/{self.args.epochs} {row['img_per_s']:.1f} img/s {summary}", file=sys.stderr)
             if self.args.max_steps and step >= self.args.max_steps:
                 break
+            epoch += 1
+            if self.args.time:
+                self.args.epochs = self._epochs_for_budget(epoch, time.perf_counter() - run_t0)
         if self.main:
             self._plots(history, metrics)
         if self.world > 1:
