@@ -120,10 +120,14 @@ def test_cli_train_then_val(tiny_data, tmp_path):
     # A changed architecture from earlier weights: what fits is taken, the word pooling starts fresh.
     r = _run(cli + ["train", "--data", str(tiny_data / "tiny.yaml"), "--imgsz", "64", "--epochs", "1", "--batch", "4",
                     "--weights", str(tmp_path / "run"), "--model", str(REPO / "configs" / "promptdet-n.yaml"),
-                    "--out", str(tmp_path / "run2")], tmp_path)
+                    "--warmup-epochs", "0.25", "--time", "0.00001", "--no-cache", "--out", str(tmp_path / "run2")], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "initial weights: 3 missing and 0 unexpected tensors" in r.stderr, r.stderr[-2000:]
-    assert ckpt.load_checkpoint(tmp_path / "run2")[1]["model"]["word_pool_heads"] == 4
+    meta = ckpt.load_checkpoint(tmp_path / "run2")[1]
+    assert meta["model"]["word_pool_heads"] == 4
+    # The options reach the trainer (the spent time budget ends the run after one epoch).
+    assert meta["train_args"]["warmup_epochs"] == 0.25 and meta["train_args"]["cache_images"] is False
+    assert meta["train_args"]["time"] == 0.00001 and meta["epoch"] == 0
     r = _run(cli + ["val", "--data", str(tiny_data / "tiny.yaml"), "--weights", str(tmp_path / "run"), "--split", "test",
                     "--out", str(tmp_path / "val"), "--plots"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -191,6 +191,8 @@ def train(
     type_weights: str = typer.Option("", "--type-weights",
                                      help="Ask some instruction types more often (synthetic data), e.g. 'defect=2,attribute=2'."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0,
+                                        help="Epochs of linear LR warmup (a short fine-tune wants a fraction of one)."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: checkpoints, results.csv, plots."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the run folder's last checkpoint."),
     replay: str = typer.Option(None, "--replay", help="Base data to mix in while fine-tuning, so earlier skills stay."),
@@ -218,7 +220,7 @@ def train(
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
                           absent_rate=absent_rate, absent_mix=absent_mix,
                           type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
-                          time=time_hours, cache_images=cache)
+                          time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs)
     if metrics:
         from promptdet.train.evaluate import format_table
 
