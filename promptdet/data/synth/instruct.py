@@ -211,10 +211,10 @@ def _count_query(rng, objects, split):
 
 
 # Which kind of absent query to ask, as drawn weights, and how often a colour or defect is tied to
-# a part kind that is present ("the blue bottles" rather than "blue parts"). The default mix matches
-# the stored val/test files. "Hard" negatives name a part that *is* in the scene with a colour or defect that is not:
-# the near misses ("the blue bottles" among red ones) that a detector keyed on the noun gets wrong,
-# so training asks them more often. "defect" asks mostly for a defect that no part has ("the
+# a part kind that is present ("the blue bottles" rather than "blue parts"). The default mix
+# matches the stored val/test files. "Hard" negatives name a part that *is* in the scene with a
+# colour or defect that is not: the near misses ("the blue bottles" among red ones) that a
+# detector keyed on the noun gets wrong, so training asks them more often. "defect" asks mostly for a defect that no part has ("the
 # scratched gears" among clean and cracked ones): the near miss the detector gets wrong most.
 ABSENT_KINDS = {"default": (("category", "category", "color", "defect"), 0.7),
                 "hard": (("category", "color", "color", "defect", "defect"), 0.9),
