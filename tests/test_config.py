@@ -22,6 +22,16 @@ def test_bundled_inspection_yaml_loads():
     assert "promptdet data synth" in cfg.regenerate
 
 
+@pytest.mark.parametrize("name", ["inspection-xl", "inspection-line"])
+def test_bigger_inspection_yamls_share_val_and_test(name):
+    base = load_dataset_config(REPO / "datasets/inspection.yaml")
+    cfg = load_dataset_config(REPO / f"datasets/{name}.yaml")
+    assert cfg.name == name and len(cfg.train) == 2
+    assert [s.path for s in cfg.val] == [s.path for s in base.val] and [s.path for s in cfg.test] == [s.path for s in base.test]
+    for source in cfg.train:  # every train folder is made by one of the regenerate commands
+        assert f"data/inspection/{source.path} " in cfg.regenerate
+
+
 @pytest.mark.parametrize("text, message", [
     ("name: x\ntrian: []\n", "unknown key 'trian' (did you mean 'train'?)"),
     ("train:\n  - {path: a, fromat: jsonl}\n", "train[0]: unknown key 'fromat'"),

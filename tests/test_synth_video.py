@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from promptdet.cli.main import app
-from promptdet.data.synth.video import gt_path_for, read_gt, render_conveyor
+from promptdet.data.synth.generate import read_scenes
+from promptdet.data.synth.video import gt_path_for, read_gt, render_conveyor, render_frame_scenes
 from promptdet.data.vocab import CATEGORIES, COLORS_BY_CATEGORY, DEFECTS_BY_CATEGORY
 
 SMALL = (320, 240)  # keeps the suite fast; nothing here depends on resolution
@@ -67,7 +68,10 @@ def test_gt_one_line_per_frame_with_the_schema(video):
     for r in records:
         assert set(r) == {"frame", "t", "defective", "parts"}
         for p in r["parts"]:
-            assert set(p) == {"id", "category", "color", "defect", "bbox", "fully_in_view", "visible_frac"}
+            assert set(p) == {"id", "category", "color", "defect", "bbox", "fully_in_view", "visible_frac",
+                              "visible_px"}
+            x1, y1, x2, y2 = p["bbox"]
+            assert 0 < p["visible_px"] <= (x2 - x1) * (y2 - y1)
             assert p["category"] in CATEGORIES and p["color"] in COLORS_BY_CATEGORY[p["category"]]
             assert p["defect"] is None or p["defect"] in DEFECTS_BY_CATEGORY[p["category"]]
             ids.add(p["id"])
@@ -178,3 +182,59 @@ def test_cli_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
 def test_cli_bad_suffix(tmp_path):
     result = runner.invoke(app, ["data", "synth-video", "--out", str(tmp_path / "line.gif"), "--seconds", "1"])
     assert result.exit_code == 2 and ".mp4 or .avi" in result.output
+
+
+# ---------------------------------------------------------------- frames as training scenes
+
+def test_frame_scenes_keep_only_frames_with_every_part_in_view(tmp_path):
+    report = render_frame_scenes(tmp_path / "frames", videos=2, seconds=3, seed=5, every=2, size_wh=SMALL)
+    scenes = read_scenes(tmp_path / "frames")
+    assert report.num_images == len(scenes) > 0 and report.num_pairs > 0
+    truth = {}
+    for k in range(2):  # the same videos, rendered again, are the reference
+        render_conveyor(tmp_path / f"v{k}.mp4", seconds=3, size_wh=SMALL, seed=5 + k)
+        truth.update({(5 + k, r["frame"]): r for r in read_gt(tmp_path / f"v{k}.mp4")})
+    kept = set()
+    for scene in scenes:
+        seed, frame = (int(x) for x in scene["image"][len("images/"):-len(".jpg")].split("_"))
+        kept.add((seed, frame))
+        gt = truth[(seed, frame)]
+        assert frame % 2 == 0 and all(p["fully_in_view"] for p in gt["parts"])
+        assert [o["bbox"] for o in scene["objects"]] == [p["bbox"] for p in gt["parts"]]
+        assert [o["defects"] for o in scene["objects"]] == [[p["defect"]] if p["defect"] else [] for p in gt["parts"]]
+        image = cv2.imread(str(tmp_path / "frames" / scene["image"]))
+        assert image.shape == (SMALL[1], SMALL[0], 3)
+    # every frame left out had a part cut by the edge, or was not an even frame
+    for (seed, frame), gt in truth.items():
+        if (seed, frame) not in kept and frame % 2 == 0:
+            assert not gt["parts"] or not all(p["fully_in_view"] for p in gt["parts"])
+    assert {s for s, _ in kept} == {5, 6}
+
+
+def test_frame_scenes_train_source_loads(tmp_path):
+    from promptdet.config import load_dataset_config
+    from promptdet.data.sources import load_source
+
+    render_frame_scenes(tmp_path / "data" / "line_train", videos=1, seconds=3, seed=5, size_wh=SMALL)
+    cfg_path = tmp_path / "d.yaml"
+    cfg_path.write_text("root: data\ntrain:\n  - {path: line_train, format: synth}\n")
+    src = load_source(load_dataset_config(cfg_path), load_dataset_config(cfg_path).train[0])
+    assert src.scenes and src.pairs and all((src.images_root / p.image).is_file() for p in src.pairs[:5])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--videos", "0"], "--videos"),
+    (["--every", "0"], "--every"),
+    (["--size", "321x240"], "even"),
+])
+def test_frames_cli_bad_arguments_exit_2(tmp_path, args, needle):
+    res = runner.invoke(app, ["data", "synth-frames", "--out", str(tmp_path / "f"), *args])
+    assert res.exit_code == 2 and needle in res.output
+    assert not (tmp_path / "f" / "scenes.jsonl").exists()
+
+
+def test_frames_cli_writes_scenes_and_instructions(tmp_path):
+    res = runner.invoke(app, ["data", "synth-frames", "--out", str(tmp_path / "f"), "--videos", "1",
+                              "--seconds", "3", "--size", "320x240"])
+    assert res.exit_code == 0, res.output
+    assert "frames" in res.output and (tmp_path / "f" / "instructions.jsonl").stat().st_size > 0

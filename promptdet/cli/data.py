@@ -89,6 +89,39 @@ def synth_video(
     typer.echo(f"{report.summary()} in {dt:.1f} s", err=True)
 
 
+@app.command("synth-frames")
+def synth_frames(
+    out: Path = typer.Option(..., "--out", help="Output folder for images/, scenes.jsonl, instructions.jsonl."),
+    videos: int = typer.Option(20, "--videos", min=1, help="Conveyor videos to render (seeds SEED, SEED+1, ...)."),
+    seconds: float = typer.Option(40.0, "--seconds", min=0.1, help="Length of each video in seconds."),
+    every: int = typer.Option(4, "--every", min=1, help="Keep every N-th frame (if every part in it is fully in view)."),
+    seed: SeedOpt = 100,
+    size: str = typer.Option("640x480", "--size", callback=lambda v: parse_size(v), help="Frame size WIDTHxHEIGHT (both even)."),
+    instruct: bool = typer.Option(True, "--instruct/--no-instruct", help="Also write instructions.jsonl."),
+    split: SplitOpt = "train",
+    per_image: PerImageOpt = 6,
+    absent_rate: AbsentRateOpt = 0.2,
+) -> None:
+    """Render conveyor videos and keep frames as training scenes, so the model learns the line camera's look."""
+    from promptdet.data.synth.video import check_args, render_frame_scenes
+    from promptdet.errors import UsageError
+
+    with user_errors():
+        try:
+            check_args(Path("check.mp4"), seconds, 10.0, size, 0.25, None, None)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        t0 = time.perf_counter()
+        report = render_frame_scenes(out, videos=videos, seconds=seconds, seed=seed, every=every, size_wh=size,
+                                     instruct=instruct, split=split, per_image=per_image, absent_rate=absent_rate)
+        dt = time.perf_counter() - t0
+    typer.echo(f"wrote {report.num_images} frames with {report.num_objects} parts from {videos} videos "
+               f"to {out} in {dt:.1f} s", err=True)
+    if instruct:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.pairs_per_type.items()))
+        typer.echo(f"wrote {report.num_pairs} instructions ({kinds}) to {out / 'instructions.jsonl'}", err=True)
+
+
 @app.command()
 def instruct(
     scenes: Path = typer.Argument(..., help="A scenes.jsonl, or the folder that holds it."),

@@ -15,13 +15,19 @@ Outputs, for ``out_path = line.mp4``:
 
       {"frame": 0, "t": 0.0, "defective": false,
        "parts": [{"id": 3, "category": "bottle", "color": "red", "defect": "missing_cap",
-                  "bbox": [x1, y1, x2, y2], "fully_in_view": true, "visible_frac": 1.0}, ...]}
+                  "bbox": [x1, y1, x2, y2], "fully_in_view": true, "visible_frac": 1.0,
+                  "visible_px": 2473}, ...]}
 
   ``parts`` lists every part with at least one pixel in the frame, left to right. ``bbox`` is the
   tight box of the part's pixels that are inside the frame (integer pixels, x2/y2 exclusive, so it
   is clipped to the frame). ``fully_in_view`` means every pixel of the part is in the frame
-  (``visible_frac == 1``). A frame is ``defective`` when a defective part is fully in view: the
-  rule the inspection loop is judged by. ``id`` numbers parts in the order they enter.
+  (``visible_frac == 1``); ``visible_px`` counts the part's pixels inside the frame. A frame is
+  ``defective`` when a defective part is fully in view: the rule the inspection loop is judged by.
+  ``id`` numbers parts in the order they enter.
+
+:func:`render_frame_scenes` turns frames of such videos into a training set in the still scenes'
+format (``images/``, ``scenes.jsonl``, ``instructions.jsonl``), so the model also learns the line
+camera's own look: the belt, parts lined up one behind the other, and the video codec's artefacts.
 
 Deterministic for a seed, and a shorter video is a prefix of a longer one with the same settings.
 """
@@ -213,6 +219,65 @@ def read_gt(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: float = 40.0, seed: int = 100,
+                        every: int = 4, size_wh: tuple[int, int] = (640, 480), instruct: bool = True,
+                        split: str = "train", per_image: int = 6, absent_rate: float = 0.2,
+                        progress: bool | None = None):
+    """Render ``videos`` conveyor videos (seeds ``seed``, ``seed + 1``, ...) and keep frames as scenes.
+
+    Every ``every``-th frame is kept when each part in it is fully in view. A part cut by the frame
+    edge may have its defect outside the frame, so its label would be a guess; such frames are
+    left out rather than guessed. Frames are decoded from the written video, codec artefacts
+    included, and stored as JPEG at quality 95. Returns a ``generate.SynthReport``.
+    """
+    import tempfile
+
+    from promptdet.data.synth.generate import SynthReport, _progress, write_instructions
+
+    if videos < 1:
+        raise ValueError(f"videos must be at least 1, got {videos}")
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    scenes: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="promptdet_frames_") as tmp, \
+            _progress(videos, "videos", progress) as bar:
+        for k in range(videos):
+            report = render_conveyor(Path(tmp) / "line.mp4", seconds=seconds, size_wh=size_wh, seed=seed + k)
+            W, H = report.size_wh
+            cap = cv2.VideoCapture(str(report.video))
+            try:
+                for rec in read_gt(report.gt):
+                    ok, frame = cap.read()
+                    if not ok:
+                        raise RuntimeError(f"could not read frame {rec['frame']} back from {report.video}")
+                    parts = rec["parts"]
+                    if rec["frame"] % every or not parts or not all(p["fully_in_view"] for p in parts):
+                        continue
+                    name = f"images/{seed + k:06d}_{rec['frame']:05d}.jpg"
+                    if not cv2.imwrite(str(out / name), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                        raise OSError(f"could not write {out / name}")
+                    objects = [{"id": p["id"], "category": p["category"], "color": p["color"],
+                                "defects": [p["defect"]] if p["defect"] else [], "bbox": p["bbox"],
+                                "visible_px": p["visible_px"], "visible_frac": p["visible_frac"]} for p in parts]
+                    scenes.append({"image": name, "width": W, "height": H, "objects": objects})
+            finally:
+                cap.release()
+            bar.update()
+    if not scenes:
+        raise ValueError(f"no frame of {videos} video(s) of {seconds} s had every part fully in view; "
+                         "render longer videos or keep more frames (a smaller every)")
+    with (out / "scenes.jsonl").open("w", encoding="utf-8") as fh:
+        for scene in scenes:
+            fh.write(json.dumps(scene) + "\n")
+    report = SynthReport(out, num_images=len(scenes), num_objects=sum(len(s["objects"]) for s in scenes))
+    if instruct:
+        report.pairs_per_type = write_instructions(scenes, out / "instructions.jsonl", seed=seed, split=split,
+                                                   per_image=per_image, absent_rate=absent_rate)
+    return report
+
+
 # ---------------------------------------------------------------- parts
 
 def _make_part(rng, cats, defect_rate, light, px, by0, by1):
@@ -254,7 +319,8 @@ def _record(p, X, W) -> dict:
         bbox = [X + a, p["Y"], X + a, p["Y"]]
     vis = int(p["col_px"][b] - p["col_px"][a])
     return {"id": p["id"], "category": p["category"], "color": p["color"], "defect": p["defect"],
-            "bbox": bbox, "fully_in_view": bool(a == 0 and b == mw), "visible_frac": round(vis / p["full"], 4)}
+            "bbox": bbox, "fully_in_view": bool(a == 0 and b == mw), "visible_frac": round(vis / p["full"], 4),
+            "visible_px": vis}
 
 
 # ---------------------------------------------------------------- belt and camera
