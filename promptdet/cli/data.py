@@ -25,16 +25,23 @@ SplitOpt = Annotated[str, typer.Option("--split", callback=_check_split,
 PerImageOpt = Annotated[int, typer.Option("--per-image", min=1, help="Instructions per image.")]
 AbsentRateOpt = Annotated[float, typer.Option("--absent-rate", min=0.0, max=0.95,
                                               help="Share of instructions whose target is absent (empty boxes).")]
+SceneOutOpt = Annotated[Path, typer.Option("--out", help="Output folder for images/, scenes.jsonl, instructions.jsonl.")]
+InstructOpt = Annotated[bool, typer.Option("--instruct/--no-instruct", help="Also write instructions.jsonl.")]
+
+
+def _echo_instructions(report, out: Path) -> None:
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.pairs_per_type.items()))
+    typer.echo(f"wrote {report.num_pairs} instructions ({kinds}) to {out / 'instructions.jsonl'}", err=True)
 
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", help="Output folder for images/, scenes.jsonl, instructions.jsonl."),
+    out: SceneOutOpt,
     num: int = typer.Option(..., "--num", min=1, help="Number of scenes to render."),
     seed: SeedOpt = 0,
     size: str = typer.Option("640x480", "--size", callback=lambda v: parse_size(v), help="Image size WIDTHxHEIGHT."),
     workers: int = typer.Option(0, "--workers", min=0, help="Render processes; 0 = one per CPU core."),
-    instruct: bool = typer.Option(True, "--instruct/--no-instruct", help="Also write instructions.jsonl."),
+    instruct: InstructOpt = True,
     split: SplitOpt = "train",
     per_image: PerImageOpt = 6,
     absent_rate: AbsentRateOpt = 0.2,
@@ -49,8 +56,7 @@ def synth(
         dt = time.perf_counter() - t0
     typer.echo(f"wrote {report.num_images} images with {report.num_objects} parts to {out} in {dt:.1f} s", err=True)
     if instruct:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.pairs_per_type.items()))
-        typer.echo(f"wrote {report.num_pairs} instructions ({kinds}) to {out / 'instructions.jsonl'}", err=True)
+        _echo_instructions(report, out)
 
 
 @app.command("synth-video")
@@ -91,13 +97,13 @@ def synth_video(
 
 @app.command("synth-frames")
 def synth_frames(
-    out: Path = typer.Option(..., "--out", help="Output folder for images/, scenes.jsonl, instructions.jsonl."),
+    out: SceneOutOpt,
     videos: int = typer.Option(20, "--videos", min=1, help="Conveyor videos to render (seeds SEED, SEED+1, ...)."),
     seconds: float = typer.Option(40.0, "--seconds", min=0.1, help="Length of each video in seconds."),
     every: int = typer.Option(4, "--every", min=1, help="Keep every N-th frame (if every part in it is fully in view)."),
     seed: SeedOpt = 100,
     size: str = typer.Option("640x480", "--size", callback=lambda v: parse_size(v), help="Frame size WIDTHxHEIGHT (both even)."),
-    instruct: bool = typer.Option(True, "--instruct/--no-instruct", help="Also write instructions.jsonl."),
+    instruct: InstructOpt = True,
     split: SplitOpt = "train",
     per_image: PerImageOpt = 6,
     absent_rate: AbsentRateOpt = 0.2,
@@ -118,8 +124,7 @@ def synth_frames(
     typer.echo(f"wrote {report.num_images} frames with {report.num_objects} parts from {videos} videos "
                f"to {out} in {dt:.1f} s", err=True)
     if instruct:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.pairs_per_type.items()))
-        typer.echo(f"wrote {report.num_pairs} instructions ({kinds}) to {out / 'instructions.jsonl'}", err=True)
+        _echo_instructions(report, out)
 
 
 @app.command()

@@ -90,13 +90,18 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, size_wh: tuple[int,
                 for scene in pool.imap(_render_one, jobs, chunksize=4):
                     scenes.append(scene)
                     bar.update()
+    return write_scene_set(out, scenes, instruct, seed=seed, split=split, per_image=per_image,
+                           absent_rate=absent_rate)
+
+
+def write_scene_set(out: Path, scenes: list[dict], instruct: bool, **instruction_args) -> SynthReport:
+    """Write ``scenes.jsonl`` (and ``instructions.jsonl`` unless ``instruct`` is False) for rendered scenes."""
     with (out / "scenes.jsonl").open("w", encoding="utf-8") as fh:
         for scene in scenes:
             fh.write(json.dumps(scene) + "\n")
     report = SynthReport(out, num_images=len(scenes), num_objects=sum(len(s["objects"]) for s in scenes))
     if instruct:
-        report.pairs_per_type = write_instructions(scenes, out / "instructions.jsonl", seed=seed, split=split,
-                                                   per_image=per_image, absent_rate=absent_rate)
+        report.pairs_per_type = write_instructions(scenes, out / "instructions.jsonl", **instruction_args)
     return report
 
 

@@ -232,7 +232,7 @@ def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: f
     """
     import tempfile
 
-    from promptdet.data.synth.generate import SynthReport, _progress, write_instructions
+    from promptdet.data.synth.generate import _progress, write_scene_set
 
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
@@ -268,14 +268,8 @@ def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: f
     if not scenes:
         raise ValueError(f"no frame of {videos} video(s) of {seconds} s had every part fully in view; "
                          "render longer videos or keep more frames (a smaller every)")
-    with (out / "scenes.jsonl").open("w", encoding="utf-8") as fh:
-        for scene in scenes:
-            fh.write(json.dumps(scene) + "\n")
-    report = SynthReport(out, num_images=len(scenes), num_objects=sum(len(s["objects"]) for s in scenes))
-    if instruct:
-        report.pairs_per_type = write_instructions(scenes, out / "instructions.jsonl", seed=seed, split=split,
-                                                   per_image=per_image, absent_rate=absent_rate)
-    return report
+    return write_scene_set(out, scenes, instruct, seed=seed, split=split, per_image=per_image,
+                           absent_rate=absent_rate)
 
 
 # ---------------------------------------------------------------- parts
