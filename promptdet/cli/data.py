@@ -109,17 +109,16 @@ def synth_frames(
     absent_rate: AbsentRateOpt = 0.2,
 ) -> None:
     """Render conveyor videos and keep frames as training scenes, so the model learns the line camera's look."""
-    from promptdet.data.synth.video import check_args, render_frame_scenes
+    from promptdet.data.synth.video import render_frame_scenes
     from promptdet.errors import UsageError
 
     with user_errors():
-        try:
-            check_args(Path("check.mp4"), seconds, 10.0, size, 0.25, None, None)
+        t0 = time.perf_counter()
+        try:  # its ValueErrors are bad arguments (checked before anything is written), not failures
+            report = render_frame_scenes(out, videos=videos, seconds=seconds, seed=seed, every=every, size_wh=size,
+                                         instruct=instruct, split=split, per_image=per_image, absent_rate=absent_rate)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        t0 = time.perf_counter()
-        report = render_frame_scenes(out, videos=videos, seconds=seconds, seed=seed, every=every, size_wh=size,
-                                     instruct=instruct, split=split, per_image=per_image, absent_rate=absent_rate)
         dt = time.perf_counter() - t0
     typer.echo(f"wrote {report.num_images} frames with {report.num_objects} parts from {videos} videos "
                f"to {out} in {dt:.1f} s", err=True)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,15 +231,15 @@ def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: f
     left out rather than guessed. Frames are decoded from the written video, codec artefacts
     included, and stored as JPEG at quality 95. Returns a ``generate.SynthReport``.
     """
-    import tempfile
-
     from promptdet.data.synth.generate import _progress, write_scene_set
 
+    # Every argument is checked before anything is written or rendered.
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
     if every < 1:
         raise ValueError(f"every must be at least 1, got {every}")
     out = Path(out_dir)
+    check_args(out / "line.mp4", seconds, DEFAULT_FPS, size_wh, DEFAULT_DEFECT_RATE, None, None)
     (out / "images").mkdir(parents=True, exist_ok=True)
     scenes: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="promptdet_frames_") as tmp, \
