@@ -234,3 +234,32 @@ def test_hard_absent_mix_asks_more_near_misses_and_stays_absent():
     assert defect["defect"] / n_defect > hard["defect"] / n_hard + 0.1
     with pytest.raises(ValueError, match="absent_mix"):
         generate_instructions(scene, np.random.default_rng(0), absent_mix="nasty")
+
+
+def test_confusable_absent_mix_names_the_defective_part_with_another_defect():
+    """"confusable" asks for a defect nobody has on the kind of part that carries a different one."""
+    from promptdet.data.synth.instruct import generate_instructions
+
+    scene = {"image": "x.jpg", "width": 640, "height": 480, "objects": [
+        {"id": 0, "category": "bottle", "color": "red", "defects": ["scratch"], "bbox": [10, 10, 60, 120]},
+        {"id": 1, "category": "can", "color": "blue", "defects": [], "bbox": [200, 50, 260, 110]},
+        {"id": 2, "category": "bolt", "color": "silver", "defects": [], "bbox": [300, 300, 360, 330]}]}
+
+    def defect_queries(mix):
+        rng = np.random.default_rng(1)
+        sels = [p.extra["query"]["select"] for _ in range(300)
+                for p in generate_instructions(scene, rng, per_image=6, absent_rate=0.5, absent_mix=mix)
+                if p.type == "absent" and p.extra["query"]["absent"] == "defect"]
+        for sel in sels:
+            assert sel["defect"] != "scratch" and not any(_fits(o, sel) for o in scene["objects"]), sel
+        return sels
+
+    confusable, defect = defect_queries("confusable"), defect_queries("defect")
+    on_bottle = lambda sels: sum(s.get("category") == "bottle" for s in sels) / len(sels)  # noqa: E731
+    assert on_bottle(confusable) > on_bottle(defect) + 0.15
+    # A scene with no defective part falls back to absent defects of any part.
+    clean = {**scene, "objects": [{**o, "defects": []} for o in scene["objects"]]}
+    pairs = generate_instructions(clean, np.random.default_rng(2), per_image=6, absent_rate=1.0, absent_mix="confusable")
+    assert pairs and all(p.boxes_xyxy == [] for p in pairs)
+    with pytest.raises(ValueError, match="absent_mix"):
+        generate_instructions(scene, np.random.default_rng(0), absent_mix="nasty")

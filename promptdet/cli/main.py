@@ -187,7 +187,7 @@ def train(
     absent_rate: float = typer.Option(0.2, "--absent-rate", min=0.0, max=1.0,
                                       help="Share of instructions drawn with an empty answer (synthetic data)."),
     absent_mix: str = typer.Option("default", "--absent-mix",
-                                   help="default; hard: more absent colours and defects of parts that are present; defect: mostly absent defects."),
+                                   help="default; hard: more absent colours and defects of parts that are present; defect: mostly absent defects; confusable: mostly a defect that no part has, named on a part with another defect."),
     type_weights: str = typer.Option("", "--type-weights",
                                      help="Ask some instruction types more often (synthetic data), e.g. 'defect=2,attribute=2'."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),

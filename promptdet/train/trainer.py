@@ -36,7 +36,7 @@ class TrainArgs:
     batch: int = 16
     prompts_per_image: int = 6
     absent_rate: float = 0.2  # share of a step's instructions whose answer is empty
-    absent_mix: str = "default"  # "hard": more near-miss colours and defects; "defect": mostly defects (synthetic only)
+    absent_mix: str = "default"  # "hard", "defect" or "confusable": see instruct.ABSENT_KINDS (synthetic only)
     type_weights: dict = field(default_factory=dict)  # e.g. {"defect": 2}: asked twice as often (synthetic)
     lr: float = 2e-3
     weight_decay: float = 5e-4

@@ -216,9 +216,14 @@ def _count_query(rng, objects, split):
 # colour or defect that is not: the near misses ("the blue bottles" among red ones) that a
 # detector keyed on the noun gets wrong, so training asks them more often. "defect" asks mostly for a defect that no part has ("the
 # scratched gears" among clean and cracked ones): the near miss the detector gets wrong most.
+# "confusable" asks most of its defects about a part that has *another* defect ("the dented
+# bottles" when the only bottle is cracked, "scratched parts" among cracked ones): on val, 24 of
+# the 35 absent queries that the bundled model answered named a defect and fired on a part with a
+# different one, so the kind of defect, not its presence, is what the detector must learn there.
 ABSENT_KINDS = {"default": (("category", "category", "color", "defect"), 0.7),
                 "hard": (("category", "color", "color", "defect", "defect"), 0.9),
-                "defect": (("category", "color", "defect", "defect", "defect", "defect"), 0.9)}
+                "defect": (("category", "color", "defect", "defect", "defect", "defect"), 0.9),
+                "confusable": (("category", "color", "defect", "other_defect", "other_defect", "other_defect"), 0.9)}
 
 
 def _absent_query(rng, objects, split, mix: str = "default"):
@@ -228,6 +233,15 @@ def _absent_query(rng, objects, split, mix: str = "default"):
     present_defects = {d for o in objects for d in o["defects"]}
     kinds, name_part = ABSENT_KINDS[mix]
     kind = kinds[int(rng.integers(len(kinds)))]
+    if kind == "other_defect":
+        defective = [o for o in objects if o["defects"]]
+        if defective:
+            # Tie the query to a part that has another defect (or to no kind: "dented parts").
+            cat = defective[int(rng.integers(len(defective)))]["category"] if rng.random() < name_part - 0.2 else None
+            defects = [d for d in (DEFECTS_BY_CATEGORY[cat] if cat else DEFECTS) if d not in present_defects]
+            if defects:
+                return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, "defect")
+        kind = "defect"
     if kind == "color":
         cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part else None
         cols = [c for c in (COLORS_BY_CATEGORY[cat] if cat else COLORS) if c not in present_cols]
