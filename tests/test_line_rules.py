@@ -72,6 +72,18 @@ def test_roi_keeps_boxes_by_centre_and_handles_empty():
     assert roi_keep(np.zeros((0, 4)), [0, 0, 1, 1]).shape == (0,)
 
 
+def test_roi_inside_mode_keeps_only_whole_boxes():
+    # A part cut by the frame edge (x1 = 0), a whole part near the edge, one straddling the ROI's right edge.
+    boxes = np.array([[0, 10, 40, 50], [3, 10, 45, 50], [600, 10, 645, 50]], np.float32)
+    assert roi_keep(boxes, [2, 0, 638, 480], "inside").tolist() == [False, True, False]
+    assert roi_keep(boxes, [2, 0, 638, 480], "centre").tolist() == [True, True, True]
+    assert roi_keep(boxes, [2, 0, 45, 50], "inside").tolist() == [False, True, False]  # edges included
+    with pytest.raises(ValueError, match="roi mode"):
+        roi_keep(boxes, [0, 0, 1, 1], "overlap")
+    rule = parse_rule("count >= 1", "parts")
+    assert evaluate_check("parts", rule, boxes[:1], [0.9], roi_xyxy=[2, 0, 638, 480], roi_mode="inside").failed is False
+
+
 def test_evaluate_check_filters_conf_then_roi():
     rule = parse_rule("count >= 3", "parts")
     boxes = [[0, 0, 10, 10], [40, 40, 60, 60], [45, 45, 55, 55]]

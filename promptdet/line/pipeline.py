@@ -121,7 +121,7 @@ class Inspector:
                 mine = det.prompt_ids == i
                 conf = check.conf if check.conf is not None else r.model.conf
                 results.append(evaluate_check(check.name, check.rule, det.boxes_xyxy[mine], det.scores[mine],
-                                              check.roi, conf))
+                                              check.roi, conf, check.roi_mode))
             elapsed = (time.time() - frame.t_capture) * 1e3
             verdict = decide(results, r.deadline_ms, elapsed, part_id=self.part_id(frame))
             stage = {"decode": det.timing_ms.get("read", 0.0), "preprocess": det.timing_ms.get("preprocess", 0.0),

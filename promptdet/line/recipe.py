@@ -19,7 +19,7 @@ from typing import Any, get_type_hints
 
 
 from promptdet.config import ConfigError, from_dict, read_yaml
-from promptdet.line.rules import Rule, RuleError, parse_rule
+from promptdet.line.rules import ROI_MODES, Rule, RuleError, parse_rule
 
 RECIPE_VERSION = 1
 BACKENDS = ("auto", "torch", "onnx")
@@ -46,12 +46,14 @@ class ModelSpec:
 @dataclass
 class CheckSpec:
     """One question asked of every part. roi: [x1, y1, x2, y2] in frame pixels; a detection counts
-    when its centre is inside. conf: this check's score threshold (None = model.conf)."""
+    when its centre is inside (roi_mode "centre") or when all of it is ("inside"). conf: this
+    check's score threshold (None = model.conf)."""
 
     name: str
     prompt: str
     fail_if: str
     roi: list[float] | None = None
+    roi_mode: str = "centre"
     conf: float | None = None
 
     @cached_property
@@ -299,6 +301,8 @@ def _validate(r: LineRecipe, file: str) -> None:
             if x1 < 0 or y1 < 0 or x2 <= x1 or y2 <= y1:
                 raise ConfigError(f"{w(at + '.roi')}: needs 0 <= x1 < x2 and 0 <= y1 < y2 (frame pixels), "
                                   f"got {c.roi!r}")
+        if c.roi_mode not in ROI_MODES:
+            raise ConfigError(f"{w(at + '.roi_mode')}: must be one of {', '.join(ROI_MODES)}, got {c.roi_mode!r}")
         if c.conf is not None and not 0.0 <= c.conf <= 1.0:
             raise ConfigError(f"{w(at + '.conf')}: must be in 0-1, got {c.conf}")
 

@@ -198,12 +198,23 @@ def _eval(node: Node, env: dict[str, float]) -> bool:
     return any(_eval(a, env) for a in node.args)
 
 
-def roi_keep(boxes_xyxy: np.ndarray, roi_xyxy: Sequence[float] | None) -> np.ndarray:
-    """bool [N]: boxes [N, 4] whose centre lies inside ``roi_xyxy`` (edges included); all True if None."""
+ROI_MODES = ("centre", "inside")
+
+
+def roi_keep(boxes_xyxy: np.ndarray, roi_xyxy: Sequence[float] | None, mode: str = "centre") -> np.ndarray:
+    """bool [N]: boxes [N, 4] in ``roi_xyxy`` (edges included); all True if None.
+
+    mode "centre": the box's centre is in the ROI. "inside": the whole box is, so a part cut by the
+    edge of the ROI (or of the frame, with an ROI a few pixels in from it) is not judged at all.
+    """
+    if mode not in ROI_MODES:
+        raise ValueError(f"roi mode must be one of {', '.join(ROI_MODES)}, got {mode!r}")
     boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
     if roi_xyxy is None:
         return np.ones(len(boxes), bool)
     x1, y1, x2, y2 = (float(v) for v in roi_xyxy)
+    if mode == "inside":
+        return (boxes[:, 0] >= x1) & (boxes[:, 1] >= y1) & (boxes[:, 2] <= x2) & (boxes[:, 3] <= y2)
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     return (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
@@ -242,8 +253,9 @@ class CheckResult:
         return out
 
 
-def evaluate_check(name: str, rule: Rule, boxes_xyxy, scores, roi_xyxy=None, conf: float = 0.0) -> CheckResult:
-    """Filter one check's detections (score >= conf, centre in ROI) and apply its rule.
+def evaluate_check(name: str, rule: Rule, boxes_xyxy, scores, roi_xyxy=None, conf: float = 0.0,
+                   roi_mode: str = "centre") -> CheckResult:
+    """Filter one check's detections (score >= conf, in the ROI by ``roi_mode``) and apply its rule.
 
     boxes_xyxy [N, 4] in frame pixels, scores [N] in 0-1; N may be 0.
     """
@@ -251,7 +263,7 @@ def evaluate_check(name: str, rule: Rule, boxes_xyxy, scores, roi_xyxy=None, con
     scores = np.asarray(scores, np.float32).reshape(-1)
     if len(boxes) != len(scores):
         raise ValueError(f"check '{name}': {len(boxes)} boxes but {len(scores)} scores")
-    keep = (scores >= conf) & roi_keep(boxes, roi_xyxy)
+    keep = (scores >= conf) & roi_keep(boxes, roi_xyxy, roi_mode)
     boxes, scores = boxes[keep], scores[keep]
     max_score = float(scores.max()) if len(scores) else 0.0
     return CheckResult(name, boxes, scores, rule.fails(len(scores), max_score), rule.expr)
