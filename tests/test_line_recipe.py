@@ -62,6 +62,7 @@ def _with(path: str, value):
     (_with("checks.0.roi", [0, 0, 10]), "checks[0].roi: expected [x1, y1, x2, y2]"),
     (_with("checks.0.roi", [0, 0, "a", 10]), "checks[0].roi: expected a list of numbers"),
     (_with("checks.0.conf", 1.5), "checks[0].conf: must be in 0-1"),
+    (_with("checks.0.roi_mode", "overlap"), "checks[0].roi_mode: must be one of centre, inside, got 'overlap'"),
     (_with("checks", []), "checks: a recipe needs at least one check"),
     (_with("checks", {"name": "x"}), "checks: expected a list"),
     (_with("deadline_ms", 0), "deadline_ms: must be positive"),
