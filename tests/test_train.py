@@ -3,6 +3,7 @@ the CLI trains and validates, and two CPU processes train under torchrun (DDP, g
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -134,6 +135,10 @@ def test_cli_train_then_val(tiny_data, tmp_path):
     assert "absent" in r.stdout and (tmp_path / "val" / "metrics.json").is_file()
     r = _run(cli + ["val", "--data", str(tiny_data / "tiny.yaml"), "--weights", str(tmp_path / "nothing")], tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "error:" in r.stderr
+    # No --weights: the bundled model, as for detect and export.
+    r = _run(cli + ["val", "--data", str(tiny_data / "tiny.yaml"), "--imgsz", "64", "--out", str(tmp_path / "val0")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "val0" / "metrics.json").read_text())["types"], r.stdout
 
 
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):

@@ -231,7 +231,7 @@ def train(
 @app.command()
 def val(
     data_path: str = typer.Option(..., "--data", help="Dataset YAML, instruction JSONL, or the folder holding it."),
-    weights: str = typer.Option(..., "--weights", help="Checkpoint to evaluate (best.safetensors or its run folder)."),
+    weights: str = typer.Option(None, "--weights", help="Checkpoint to evaluate, or its run folder (default: the bundled model)."),
     split: str = typer.Option("val", "--split", help="Which split of the dataset YAML: val or test."),
     imgsz: int = typer.Option(None, "--imgsz", help="Evaluation image size (default: the size it was trained at)."),
     conf: float = typer.Option(0.25, "--conf", min=0.0, max=1.0, help="Threshold for the absent false-positive rate and recall."),
