@@ -256,3 +256,19 @@ def test_loss_takes_half_precision_outputs_as_under_amp(tiny_data, tmp_path, enc
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)
+
+
+def test_prompt_lr_mult_scales_only_the_prompt_side(tiny_data, tmp_path, encoder):
+    from promptdet.train.trainer import PROMPT_SIDE
+
+    trainer = _trainer(tiny_data / "tiny.yaml", tmp_path / "run", encoder, epochs=1, max_steps=1, prompt_lr_mult=10.0)
+    groups = trainer.optimizer.param_groups
+    prompt_ids = {id(p) for n, p in trainer.model.named_parameters() if n.startswith(PROMPT_SIDE)}
+    assert prompt_ids and len(prompt_ids) < len(list(trainer.model.parameters()))
+    for g in groups:  # every group is all prompt side or all image side, with its multiplier
+        sides = {id(p) in prompt_ids for p in g["params"]}
+        assert len(sides) == 1 and g["lr_mult"] == (10.0 if sides.pop() else 1.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(trainer.model.parameters()))
+    trainer.train()
+    lrs = {g["lr_mult"]: g["lr"] for g in groups}
+    assert lrs[10.0] == pytest.approx(10 * lrs[1.0]) and lrs[1.0] > 0

@@ -191,6 +191,8 @@ def train(
     type_weights: str = typer.Option("", "--type-weights",
                                      help="Ask some instruction types more often (synthetic data), e.g. 'defect=2,attribute=2'."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
+    prompt_lr_mult: float = typer.Option(1.0, "--prompt-lr-mult", min=0.0,
+                                         help="LR multiplier for the prompt side (text projection, similarity, reasoner)."),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0,
                                         help="Epochs of linear LR warmup (a short fine-tune wants a fraction of one)."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: checkpoints, results.csv, plots."),
@@ -218,6 +220,7 @@ def train(
             m = PromptDet(resolve_model_config(model or "n"))
         metrics = m.train(data_path, epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), resume=resume,
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
+                          prompt_lr_mult=prompt_lr_mult,
                           absent_rate=absent_rate, absent_mix=absent_mix,
                           type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs)

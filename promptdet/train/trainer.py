@@ -39,6 +39,7 @@ class TrainArgs:
     absent_mix: str = "default"  # "hard", "defect" or "confusable": see instruct.ABSENT_KINDS (synthetic only)
     type_weights: dict = field(default_factory=dict)  # e.g. {"defect": 2}: asked twice as often (synthetic)
     lr: float = 2e-3
+    prompt_lr_mult: float = 1.0  # LR multiplier for the prompt side (text projection, similarity, reasoner)
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     final_lr_ratio: float = 0.05
@@ -58,6 +59,10 @@ class TrainArgs:
     progress: bool | None = None
     log_every: int = 50  # steps between plain progress lines when stderr is not a terminal
     extra: dict = field(default_factory=dict)
+
+
+# Parameter names of the prompt side of PromptDetector (see prompt_lr_mult).
+PROMPT_SIDE = ("text_proj.", "similarity.", "reasoner.")
 
 
 def _single_threaded_worker(_worker_id: int) -> None:
@@ -137,13 +142,19 @@ class Trainer:
         return InstructionAugment()
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
+        # Four groups: weight decay or not, times image side or prompt side. The prompt side can get
+        # a larger LR (prompt_lr_mult): a model grown at small sizes, where dents and stains were a
+        # few pixels, learned to map "dented" and "stained" to nearly one prompt vector (cosine 0.95),
+        # and a fine-tune at the base LR barely moves them apart again.
+        groups: dict[tuple[bool, bool], list] = {(d, t): [] for d in (True, False) for t in (False, True)}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.args.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.args.lr, betas=(0.9, 0.999))
+            decay = not (p.ndim <= 1 or name.endswith(".bias"))
+            groups[decay, name.startswith(PROMPT_SIDE)].append(p)
+        return torch.optim.AdamW([{"params": ps, "weight_decay": self.args.weight_decay if decay else 0.0,
+                                   "lr_mult": self.args.prompt_lr_mult if prompt else 1.0}
+                                  for (decay, prompt), ps in groups.items() if ps], lr=self.args.lr, betas=(0.9, 0.999))
 
     def _loader(self, sources, weights) -> DataLoader:
         n = len(self.train_set)
@@ -220,7 +231,11 @@ class Trainer:
         self._raw_model().load_state_dict(ckpt.split_prefix(tensors, "train"))
         self.ema.ema.load_state_dict(ckpt.split_prefix(tensors, "model"))
         self.ema.updates = meta["ema_updates"]
-        self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer"]))
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer"]))
+        except ValueError as exc:  # parameter groups of another layout (a run from an older promptdet)
+            raise UsageError(f"{self.out / 'last.safetensors'}: its optimizer state does not fit this version "
+                             f"({exc}); start a new run from it with --weights instead of --resume") from None
         self.start_epoch, self.best_fitness = meta["epoch"] + 1, meta.get("best_fitness", -1.0)
         if self.main:
             print(f"resumed from {self.out / 'last.safetensors'}: continuing with epoch {self.start_epoch + 1}",
@@ -260,7 +275,7 @@ class Trainer:
             n_batches = 0
             for images, prompts, targets, _ in bar:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self._lr_at(step, steps_per_epoch)
+                    group["lr"] = self._lr_at(step, steps_per_epoch) * group.get("lr_mult", 1.0)
                 images = images.to(self.device, non_blocking=True).float().div_(255)
                 pooled, tokens, mask = encode_prompt_grid(self.encoder, prompts, self.device)
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
