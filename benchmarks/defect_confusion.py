@@ -1,0 +1,77 @@
+"""Does the model tell one defect from another? A confusion table on the synthetic scenes.
+
+For every part of every scene in a split, asks one prompt per defect kind ("scratched parts",
+"cracked parts", ...) plus "defective parts", and takes each prompt's best box on that part (IoU
+>= 0.5). Rows are the part's truth (its defect, or "clean-<kind>"), columns the prompts; a cell is
+the share of those parts with a box at or above --conf, and the mean best score. A model that knows
+the kinds has a strong diagonal and quiet clean rows; one that only knows "defective" fires the
+whole defect block alike, which is what turns absent defect prompts ("dented parts" when the only
+damaged part is stained) into false positives.
+
+    python benchmarks/defect_confusion.py --weights promptdet/assets/promptdet-n.safetensors --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPTS = ["scratched parts", "cracked parts", "dented parts", "stained parts", "bottles with a missing cap",
+           "defective parts"]
+
+
+def box_iou(a, b) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=None, help="checkpoint or export folder (default: the bundled model)")
+    ap.add_argument("--data", default="datasets/inspection.yaml", help="dataset YAML or a synth folder")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--num", type=int, default=0, help="only the first N scenes (0 = all)")
+    ap.add_argument("--conf", type=float, default=0.25)
+    args = ap.parse_args()
+
+    import numpy as np
+    from tqdm import tqdm
+
+    import promptdet
+    from promptdet.data.sources import resolve_dataset
+
+    model = promptdet.load(args.weights)
+    cfg = resolve_dataset(args.data)  # a dataset YAML, or a folder of synthetic scenes
+    folders = [cfg.source_path(s) for s in getattr(cfg, args.split) if s.format == "synth"]
+    if not folders:
+        raise SystemExit(f"error: {args.data} has no synthetic '{args.split}' folder (this table needs scenes.jsonl)")
+    rows: dict[str, list[list[float]]] = defaultdict(list)
+    for folder in folders:
+        with open(folder / "scenes.jsonl", encoding="utf-8") as fh:
+            scenes = [json.loads(line) for line in fh]
+        for scene in tqdm(scenes[:args.num or None], desc=folder.name, leave=False):
+            res = model.detect(str(folder / scene["image"]), prompts=PROMPTS, conf=0.01)
+            for obj in scene["objects"]:
+                best = []
+                for j in range(len(PROMPTS)):
+                    mine = res.prompt_ids == j
+                    best.append(max((float(s) for b, s in zip(res.boxes_xyxy[mine], res.scores[mine])
+                                     if box_iou(b, obj["bbox"]) >= 0.5), default=0.0))
+                rows[obj["defects"][0] if obj["defects"] else f"clean-{obj['category']}"].append(best)
+    print(f"{args.weights or 'bundled model'} on {args.split}: share of parts with a box >= {args.conf} "
+          f"(mean best score)")
+    print(f"{'part':18}{'n':>5} " + " ".join(f"{p[:14]:>14}" for p in PROMPTS))
+    for key in sorted(rows, key=lambda k: (k.startswith("clean"), k)):
+        a = np.array(rows[key])
+        cells = " ".join(f"{f:>6.2f} ({m:.2f})" for f, m in zip((a >= args.conf).mean(0), a.mean(0)))
+        print(f"{key:18}{len(a):5d} {cells}")
+
+
+if __name__ == "__main__":
+    main()
