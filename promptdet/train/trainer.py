@@ -142,10 +142,10 @@ class Trainer:
         return InstructionAugment()
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        # Four groups: weight decay or not, times image side or prompt side. The prompt side can get
-        # a larger LR (prompt_lr_mult): a model grown at small sizes, where dents and stains were a
-        # few pixels, learned to map "dented" and "stained" to nearly one prompt vector (cosine 0.95),
-        # and a fine-tune at the base LR barely moves them apart again.
+        # Four groups: weight decay or not, times image side or prompt side, so that a fine-tune can
+        # move the prompt side faster (prompt_lr_mult) when the text projection has merged words the
+        # images can tell apart. (The bundled model maps "dented" and "stained" to prompt vectors at
+        # cosine 0.95; one epoch at 10x left that at 0.95, so there the image side is the limit.)
         groups: dict[tuple[bool, bool], list] = {(d, t): [] for d in (True, False) for t in (False, True)}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
