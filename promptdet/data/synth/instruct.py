@@ -217,9 +217,9 @@ def _count_query(rng, objects, split):
 # detector keyed on the noun gets wrong, so training asks them more often. "defect" asks mostly for a defect that no part has ("the
 # scratched gears" among clean and cracked ones): the near miss the detector gets wrong most.
 # "confusable" asks most of its defects about a part that has *another* defect ("the dented
-# bottles" when the only bottle is cracked, "scratched parts" among cracked ones): on val, 24 of
-# the 35 absent queries that the bundled model answered named a defect and fired on a part with a
-# different one, so the kind of defect, not its presence, is what the detector must learn there.
+# bottles" when the only bottle is cracked, "scratched parts" among cracked ones): on val the
+# bundled model answers 28 of 59 such queries, and only 5 of 302 absent colours and part kinds
+# (benchmarks/defect_confusion.py), so the kind of defect is what the detector must learn there.
 ABSENT_KINDS = {"default": (("category", "category", "color", "defect"), 0.7),
                 "hard": (("category", "color", "color", "defect", "defect"), 0.9),
                 "defect": (("category", "color", "defect", "defect", "defect", "defect"), 0.9),
