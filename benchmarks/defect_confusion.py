@@ -27,13 +27,6 @@ PROMPTS = ["scratched parts", "cracked parts", "dented parts", "stained parts", 
            "defective parts"]
 
 
-def box_iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def absent_by_kind(model, args) -> None:
     """Absent false-positive rate by what the absent query names (the split's stored queries)."""
     from collections import Counter
@@ -91,6 +84,7 @@ def main() -> None:
 
     import promptdet
     from promptdet.data.sources import resolve_dataset
+    from promptdet.train.evaluate import box_iou
 
     model = promptdet.load(args.weights)
     cfg = resolve_dataset(args.data)  # a dataset YAML, or a folder of synthetic scenes
@@ -103,12 +97,11 @@ def main() -> None:
             scenes = [json.loads(line) for line in fh]
         for scene in tqdm(scenes[:args.num or None], desc=folder.name, leave=False):
             res = model.detect(str(folder / scene["image"]), prompts=PROMPTS, conf=0.01)
-            for obj in scene["objects"]:
-                best = []
-                for j in range(len(PROMPTS)):
-                    mine = res.prompt_ids == j
-                    best.append(max((float(s) for b, s in zip(res.boxes_xyxy[mine], res.scores[mine])
-                                     if box_iou(b, obj["bbox"]) >= 0.5), default=0.0))
+            parts = np.array([o["bbox"] for o in scene["objects"]], np.float32).reshape(-1, 4)
+            on_part = box_iou(res.boxes_xyxy, parts) >= 0.5  # [detections, parts]
+            for k, obj in enumerate(scene["objects"]):
+                best = [float(res.scores[on_part[:, k] & (res.prompt_ids == j)].max(initial=0.0))
+                        for j in range(len(PROMPTS))]
                 rows[obj["defects"][0] if obj["defects"] else f"clean-{obj['category']}"].append(best)
     absent_by_kind(model, args)
     prompt_cosines(model)

@@ -234,13 +234,11 @@ def _absent_query(rng, objects, split, mix: str = "default"):
     kinds, name_part = ABSENT_KINDS[mix]
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "other_defect":
-        defective = [o for o in objects if o["defects"]]
-        if defective:
-            # Tie the query to a part that has another defect (or to no kind: "dented parts").
-            cat = defective[int(rng.integers(len(defective)))]["category"] if rng.random() < name_part - 0.2 else None
-            defects = [d for d in (DEFECTS_BY_CATEGORY[cat] if cat else DEFECTS) if d not in present_defects]
-            if defects:
-                return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, "defect")
+        # Tie the query to a part that has another defect (or to no kind: "dented parts").
+        defective = [o["category"] for o in objects if o["defects"]]
+        query = _absent_defect(rng, split, defective, name_part - 0.2, present_defects) if defective else None
+        if query:
+            return query
         kind = "defect"
     if kind == "color":
         cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part else None
@@ -251,14 +249,23 @@ def _absent_query(rng, objects, split, mix: str = "default"):
     if kind == "defect":
         if not present_defects and rng.random() < 0.4:
             return _absent(rng, split, {"defect": "any"}, kind)
-        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part - 0.1 else None
-        defects = [d for d in (DEFECTS_BY_CATEGORY[cat] if cat else DEFECTS) if d not in present_defects]
-        if defects:
-            return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, kind)
+        query = _absent_defect(rng, split, sorted(present_cats), name_part - 0.1, present_defects)
+        if query:
+            return query
     cats = [c for c in CATEGORIES if c not in present_cats]
     if not cats:
         return None
     return _absent(rng, split, {"category": cats[int(rng.integers(len(cats)))]}, "category")
+
+
+def _absent_defect(rng, split, part_kinds: list[str], p_named: float, present_defects: set[str]):
+    """A defect that no part has, named on one of ``part_kinds`` (drawn) with probability p_named,
+    else on no kind ("dented parts"); None when that kind of part has every defect it can have."""
+    cat = part_kinds[int(rng.integers(len(part_kinds)))] if rng.random() < p_named else None
+    defects = [d for d in (DEFECTS_BY_CATEGORY[cat] if cat else DEFECTS) if d not in present_defects]
+    if not defects:
+        return None
+    return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, "defect")
 
 
 def _absent(rng, split, select, kind):
