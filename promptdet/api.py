@@ -125,7 +125,10 @@ class PromptDet:
         if unknown:
             raise UsageError(f"unknown training option(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
         args = TrainArgs(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), **kwargs)
-        cfg = dataclasses.replace(self.cfg, imgsz=imgsz)
+        if args.val_imgsz and (args.val_imgsz % 32 or args.val_imgsz < 64):
+            raise UsageError(f"val_imgsz (--val-imgsz) must be 0 or a multiple of 32 of at least 64, got {args.val_imgsz}")
+        # The size the model is meant to run at: with native crops, not the training window's.
+        cfg = dataclasses.replace(self.cfg, imgsz=args.val_imgsz or imgsz)
         init = dict(self.weights) if self.weights else None
         if backbone_weights:
             init = {**(init or {}), **load_ultralytics_backbone(backbone_weights)}

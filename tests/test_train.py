@@ -272,3 +272,37 @@ def test_prompt_lr_mult_scales_only_the_prompt_side(tiny_data, tmp_path, encoder
     trainer.train()
     lrs = {g["lr_mult"]: g["lr"] for g in groups}
     assert lrs[10.0] == pytest.approx(10 * lrs[1.0]) and lrs[1.0] > 0
+
+
+def test_native_crop_run_validates_and_saves_at_val_imgsz(tiny_data, tmp_path, encoder):
+    from promptdet.api import PromptDet
+
+    model = PromptDet(ModelConfig(imgsz=64, max_candidates=16, max_tokens=32))
+    model._encoder = encoder
+    out = tmp_path / "run"
+    model.train(str(tiny_data / "tiny.yaml"), epochs=1, imgsz=64, out=str(out), native_crop=1.0, val_imgsz=96,
+                **{k: v for k, v in TINY.items() if k not in ("imgsz", "batch")}, max_steps=1)
+    _, meta = ckpt.load_checkpoint(out / "last.safetensors")
+    # Trained on 64-px windows of the 160x120 scenes, but meant (and validated) at 96.
+    assert meta["model"]["imgsz"] == 96 and meta["train_args"]["native_crop"] == 1.0
+    assert model.cfg.imgsz == 96
+
+
+def test_cli_rejects_a_native_crop_share_out_of_range(tiny_data):
+    from typer.testing import CliRunner
+
+    from promptdet.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_data / "tiny.yaml"), "--native-crop", "1.5"])
+    assert result.exit_code == 2 and "native-crop" in result.output, result.output
+
+
+def test_cli_rejects_a_val_imgsz_that_is_no_model_size(tiny_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from promptdet.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_data / "tiny.yaml"), "--val-imgsz", "100",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--val-imgsz" in result.output, result.output
+    assert not (tmp_path / "run").exists()

@@ -190,6 +190,12 @@ def train(
                                    help="default; hard: more absent colours and defects of parts that are present; defect: mostly absent defects; confusable: mostly a defect that no part has, named on a part with another defect."),
     type_weights: str = typer.Option("", "--type-weights",
                                      help="Ask some instruction types more often (synthetic data), e.g. 'defect=2,attribute=2'."),
+    native_crop: float = typer.Option(0.0, "--native-crop", min=0.0, max=1.0,
+                                      help="Share of synthetic images seen as an imgsz x imgsz window at their own "
+                                           "resolution (no object cut), so small details train at a fraction of the "
+                                           "cost. Pair it with --val-imgsz, the size the model will run at."),
+    val_imgsz: int = typer.Option(0, "--val-imgsz", min=0,
+                                  help="Validation size, saved as the model's default size (0 = --imgsz)."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
     prompt_lr_mult: float = typer.Option(1.0, "--prompt-lr-mult", min=0.0,
                                          help="LR multiplier for the prompt side (text projection, similarity, reasoner)."),
@@ -221,8 +227,8 @@ def train(
         metrics = m.train(data_path, epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), resume=resume,
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
                           prompt_lr_mult=prompt_lr_mult,
-                          absent_rate=absent_rate, absent_mix=absent_mix,
-                          type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
+                          absent_rate=absent_rate, absent_mix=absent_mix, native_crop=native_crop,
+                          val_imgsz=val_imgsz, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs)
     if metrics:
         from promptdet.train.evaluate import format_table

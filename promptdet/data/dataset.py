@@ -52,6 +52,44 @@ def group_boxes(pair: InstructionPair, scene: dict | None) -> list[list[float]]:
     return [list(map(float, o["bbox"])) for o in members] or pair.boxes_xyxy
 
 
+def native_window(objects: list[dict], size_wh: tuple[int, int], side: int, rng: np.random.Generator,
+                  tries: int = 24) -> tuple[int, int, int, int] | None:
+    """A ``side`` x ``side`` window (x0, y0, x1, y1), clipped to the image, that cuts no object.
+
+    Every object's box is wholly inside or wholly outside it, and at least one is inside, so the
+    scene's facts hold for the window unchanged. Of the qualifying windows among ``tries`` random
+    ones, the one holding the most damaged parts is kept: the windows are there to teach small
+    details (a defect is a few pixels wide) at the image's own resolution, at a fraction of the
+    cost of the whole image. None when the image is no larger than the window or none qualifies.
+    """
+    W, H = size_wh
+    cw, ch = min(W, side), min(H, side)
+    if (cw, ch) == (W, H) or not objects:
+        return None
+    boxes = np.asarray([o["bbox"] for o in objects], dtype=np.float64).reshape(-1, 4)
+    damaged = np.asarray([bool(o.get("defects")) for o in objects])
+    best, best_damaged = None, -1
+    for _ in range(tries):
+        x0 = int(rng.integers(0, W - cw + 1))
+        y0 = int(rng.integers(0, H - ch + 1))
+        inside = (boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x0 + cw) & (boxes[:, 3] <= y0 + ch)
+        outside = (boxes[:, 2] <= x0) | (boxes[:, 0] >= x0 + cw) | (boxes[:, 3] <= y0) | (boxes[:, 1] >= y0 + ch)
+        if inside.any() and (inside | outside).all() and int((inside & damaged).sum()) > best_damaged:
+            best, best_damaged = (x0, y0, x0 + cw, y0 + ch), int((inside & damaged).sum())
+    return best
+
+
+def crop_scene(scene: dict, window: tuple[int, int, int, int]) -> dict:
+    """The scene as seen through ``window``: the objects inside it, boxes in the window's pixels."""
+    x0, y0, x1, y1 = window
+    objects = []
+    for o in scene["objects"]:
+        b = o["bbox"]
+        if b[0] >= x0 and b[1] >= y0 and b[2] <= x1 and b[3] <= y1:
+            objects.append({**o, "bbox": [b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0]})
+    return {**scene, "width": x1 - x0, "height": y1 - y0, "objects": objects}
+
+
 def index_images(sources: list[LoadedSource]) -> list[ImageEntry]:
     entries = []
     for s, src in enumerate(sources):
@@ -69,11 +107,14 @@ class PromptDataset(Dataset):
 
     redraw: draw synthetic instructions anew each epoch (call ``set_epoch``).
     augment: an ``InstructionAugment`` or None. cache: keep decoded, downscaled images in RAM.
+    native_crop: share of synthetic images (redrawn from their scene) served as an imgsz x imgsz
+    window at the image's own resolution instead of the whole image scaled down (``native_window``).
     """
 
     def __init__(self, sources: list[LoadedSource], imgsz: int, prompts_per_image: int = 8, augment=None,
                  redraw: bool = True, seed: int = 0, cache: bool = True, absent_rate: float = 0.2,
-                 absent_mix: str = "default", type_weights: dict[str, int] | None = None):
+                 absent_mix: str = "default", type_weights: dict[str, int] | None = None,
+                 native_crop: float = 0.0):
         self.entries = index_images(sources)
         if not self.entries:
             raise ValueError("the training data holds no images")
@@ -81,8 +122,12 @@ class PromptDataset(Dataset):
         self.redraw, self.seed, self.cache, self.absent_rate = redraw, seed, cache, absent_rate
         self.absent_mix = absent_mix
         self.types = weighted_types(type_weights)  # checked here, so the API gets the CLI's errors
+        if not 0.0 <= native_crop <= 1.0:
+            raise ValueError(f"native_crop must be a share in [0, 1], got {native_crop}")
+        self.native_crop = float(native_crop)
         self.epoch = 0
         self._images: dict[int, tuple[np.ndarray, float]] = {}
+        self._native: dict[int, np.ndarray] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -110,10 +155,36 @@ class PromptDataset(Dataset):
             self._images[i] = (img, r)
         return img, r
 
-    def _pairs(self, i: int, rng: np.random.Generator) -> list[InstructionPair]:
+    def _load_native(self, i: int) -> np.ndarray:
+        if i in self._native:
+            return self._native[i]
+        img = cv2.imread(self.entries[i].path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"cannot read training image {self.entries[i].path}")
+        if self.cache:
+            self._native[i] = img
+        return img
+
+    def _native_view(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, dict] | None:
+        """A window of image i at its own resolution and the scene inside it, or None (whole image)."""
+        scene = self.entries[i].scene
+        if not (self.native_crop and scene is not None and self.redraw) or rng.random() >= self.native_crop:
+            return None
+        size_wh = (int(scene["width"]), int(scene["height"]))
+        window = native_window(scene["objects"], size_wh, self.imgsz, rng)
+        if window is None:
+            return None
+        img = self._load_native(i)
+        if img.shape[1] != size_wh[0] or img.shape[0] != size_wh[1]:
+            return None  # the scene's coordinates are not this file's pixels: do not guess
+        x0, y0, x1, y1 = window
+        return img[y0:y1, x0:x1], crop_scene(scene, window)
+
+    def _pairs(self, i: int, rng: np.random.Generator, scene: dict | None = None) -> list[InstructionPair]:
         entry = self.entries[i]
-        if entry.scene is not None and self.redraw:
-            pairs = generate_instructions(entry.scene, rng, "train", per_image=self.k, absent_rate=self.absent_rate,
+        scene = entry.scene if scene is None else scene
+        if scene is not None and self.redraw:
+            pairs = generate_instructions(scene, rng, "train", per_image=self.k, absent_rate=self.absent_rate,
                                           absent_mix=self.absent_mix, types=self.types)
         else:
             pairs = list(entry.pairs)
@@ -123,11 +194,15 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
-        entry = self.entries[i]
-        image, r = self._load(i)  # boxes are in original pixels: r brings them to this image's scale
-        pairs = self._pairs(i, rng)
-        groups = [group_boxes(p, entry.scene) for p in pairs]
-        scene_boxes = [o["bbox"] for o in entry.scene["objects"]] if entry.scene else None
+        scene = self.entries[i].scene
+        native = self._native_view(i, rng)
+        if native is not None:
+            (image, scene), r = native, 1.0
+        else:
+            image, r = self._load(i)  # boxes are in original pixels: r brings them to this image's scale
+        pairs = self._pairs(i, rng, scene)
+        groups = [group_boxes(p, scene) for p in pairs]
+        scene_boxes = [o["bbox"] for o in scene["objects"]] if scene else None
 
         def scaled(boxes):
             return [[v * r for v in b] for b in boxes]

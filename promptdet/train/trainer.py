@@ -38,6 +38,8 @@ class TrainArgs:
     absent_rate: float = 0.2  # share of a step's instructions whose answer is empty
     absent_mix: str = "default"  # "hard", "defect" or "confusable": see instruct.ABSENT_KINDS (synthetic only)
     type_weights: dict = field(default_factory=dict)  # e.g. {"defect": 2}: asked twice as often (synthetic)
+    native_crop: float = 0.0  # share of synthetic images seen as an imgsz window at their own resolution
+    val_imgsz: int = 0  # validation (and deployment) size; 0 = imgsz. With native_crop: the scenes' own size
     lr: float = 2e-3
     prompt_lr_mult: float = 1.0  # LR multiplier for the prompt side (text projection, similarity, reasoner)
     weight_decay: float = 5e-4
@@ -129,7 +131,8 @@ class Trainer:
         self.train_set = PromptDataset(sources, args.imgsz, args.prompts_per_image,
                                        augment=self._augment() if args.augment else None, seed=args.seed,
                                        cache=args.cache_images, absent_rate=args.absent_rate,
-                                       absent_mix=args.absent_mix, type_weights=args.type_weights)
+                                       absent_mix=args.absent_mix, type_weights=args.type_weights,
+                                       native_crop=args.native_crop)
         self.loader = self._loader(sources, weights)
         self.val = self._val_source()
         if resume:
@@ -309,7 +312,7 @@ class Trainer:
             last_epoch = epoch + 1 == self.args.epochs or bool(self.args.max_steps and step >= self.args.max_steps)
             fit = -1.0
             if self.main and self.val and ((epoch + 1) % self.args.val_every == 0 or last_epoch):
-                metrics = validate(self.ema.ema, self.encoder, self.val[0], self.val[1], self.args.imgsz,
+                metrics = validate(self.ema.ema, self.encoder, self.val[0], self.val[1], self.args.val_imgsz or self.args.imgsz,
                                    device=self.device, progress=self.progress)
                 fit = fitness(metrics)
                 row.update(_flatten(metrics))
