@@ -103,3 +103,41 @@ def test_native_crop_samples_keep_the_scene_pixel_scale(tiny_scenes):
 def test_native_crop_share_is_checked(tiny_scenes):
     with pytest.raises(ValueError, match="native_crop"):
         _dataset(tiny_scenes, 1.5)
+
+
+def test_samples_carry_every_part_with_its_defect_kind(tiny_scenes):
+    from promptdet.data.dataset import DEFECT_KINDS
+    from promptdet.data.transforms import InstructionAugment
+
+    scenes = {s["image"]: s for s in map(json.loads, (tiny_scenes / "scenes.jsonl").read_text().splitlines())}
+    plain = _dataset(tiny_scenes, 0.0)
+    for i, entry in enumerate(plain.entries):
+        sample, scene = plain[i], scenes[Path(entry.path).relative_to(tiny_scenes).as_posix()]
+        kinds = [DEFECT_KINDS.index(o["defects"][0]) if o["defects"] else 0 for o in scene["objects"]]
+        assert sample.part_kinds.tolist() == kinds
+        # 320x240 letterboxed into 128: scale 0.4, 16 px of padding above and below.
+        expected = np.array([o["bbox"] for o in scene["objects"]], np.float32) * 0.4 + [0, 16, 0, 16]
+        assert np.allclose(sample.part_boxes, expected, atol=1e-3)
+    augmented = _dataset(tiny_scenes, 0.0)
+    augmented.augment = InstructionAugment(hflip=1.0, crop=1.0)
+    for i in range(len(augmented)):
+        s = augmented[i]
+        assert len(s.part_boxes) == len(s.part_kinds) == len(plain[i].part_kinds)
+        assert (s.part_boxes >= -1e-3).all() and (s.part_boxes <= 128 + 1e-3).all()
+        # A flip mirrors the parts: their widths and heights are the un-flipped ones times the crop's zoom.
+        wh, wh0 = s.part_boxes[:, 2:] - s.part_boxes[:, :2], plain[i].part_boxes[:, 2:] - plain[i].part_boxes[:, :2]
+        ratio = wh / wh0
+        assert np.allclose(ratio, ratio.mean(), rtol=0.02), ratio
+
+
+def test_collate_pads_parts_with_an_ignore_kind(tiny_scenes):
+    from promptdet.data.dataset import collate
+
+    ds = _dataset(tiny_scenes, 0.0)
+    samples = [ds[i] for i in range(3)]
+    _, _, targets, _ = collate(samples)
+    n = max(len(s.part_kinds) for s in samples)
+    assert targets.part_boxes.shape == (3, n, 4) and targets.part_kinds.shape == (3, n)
+    for i, s in enumerate(samples):
+        assert targets.part_kinds[i, :len(s.part_kinds)].tolist() == s.part_kinds.tolist()
+        assert (targets.part_kinds[i, len(s.part_kinds):] == -1).all()

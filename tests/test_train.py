@@ -148,13 +148,14 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
         "from promptdet.config import ModelConfig\n"
         "from promptdet.train.trainer import Trainer, TrainArgs\n"
         f"args = TrainArgs(data={str(tiny_data / 'tiny.yaml')!r}, out={str(tmp_path / 'ddp')!r}, epochs=1, "
-        "imgsz=64, batch=2, workers=0, max_steps=2, val_max_pairs=6, progress=False, device='cpu')\n"
+        "imgsz=64, batch=2, workers=0, max_steps=2, val_max_pairs=6, progress=False, device='cpu', defect_probe=0.5)\n"
         "Trainer(args, ModelConfig(imgsz=64, max_candidates=16, max_tokens=32)).train()\n")
     r = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(script)],
              tmp_path, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     tensors, meta = ckpt.load_checkpoint(tmp_path / "ddp" / "last.safetensors")
     assert meta["epoch"] == 0 and any(k.startswith("model.") for k in tensors)
+    assert any(k.startswith("probe.") for k in tensors)  # the probe's gradients were averaged by hand
 
 
 def test_replay_mixes_base_data_at_the_requested_ratio(tiny_data, tmp_path, encoder):
@@ -306,3 +307,49 @@ def test_cli_rejects_a_val_imgsz_that_is_no_model_size(tiny_data, tmp_path):
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "--val-imgsz" in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def _probe_inputs(kinds):
+    """Two anchors per part, in the middle of each part's box; region embeddings [1, A, 4]."""
+    boxes = torch.tensor([[[0.0, 0.0, 8.0, 8.0], [16.0, 0.0, 24.0, 8.0], [32.0, 0.0, 40.0, 8.0]]])
+    anchors = torch.tensor([[4.0, 4.0], [4.5, 4.0], [20.0, 4.0], [20.5, 4.0], [36.0, 4.0], [36.5, 4.0], [60.0, 60.0]])
+    region = torch.randn(1, len(anchors), 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    return region, anchors, boxes, torch.tensor([kinds])
+
+
+def test_defect_probe_reads_kinds_and_ignores_padding():
+    from promptdet.train.loss import DefectProbe
+
+    probe = DefectProbe(4, 3, clean_weight=1.0)
+    region, anchors, boxes, kinds = _probe_inputs([1, 2, -1])
+    loss = probe(region, anchors, boxes, kinds)
+    loss.backward()
+    # Only the anchors inside labelled parts get a gradient: not the ignored part's, not the stray one's.
+    touched = region.grad.abs().sum(-1)[0] > 0
+    assert touched.tolist() == [True, True, True, True, False, False, False]
+    # No labelled part: a zero that still backpropagates.
+    none = probe(region, anchors, boxes, torch.tensor([[-1, -1, -1]]))
+    assert none.item() == 0.0 and none.requires_grad
+    # It can learn to tell the kinds apart from the embeddings (the point of it).
+    opt = torch.optim.Adam(list(probe.parameters()) + [region], lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        loss = probe(region, anchors, boxes, kinds)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_defect_probe_trains_saves_and_resumes(tiny_data, tmp_path, encoder):
+    out = tmp_path / "run"
+    trainer = _trainer(tiny_data / "tiny.yaml", out, encoder, epochs=2, max_steps=2, defect_probe=0.5)
+    before = {k: v.clone() for k, v in trainer.probe.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.probe.state_dict().items())  # it learned
+    tensors, _ = ckpt.load_checkpoint(out / "last.safetensors")
+    assert any(k.startswith("probe.") for k in tensors)
+    best, _ = ckpt.load_checkpoint(out / "best.safetensors")
+    assert not any(k.startswith("probe.") for k in best)  # a training aid: not part of the model
+    resumed = _trainer(tiny_data / "tiny.yaml", out, encoder, resume=True, epochs=2, max_steps=0, defect_probe=0.5)
+    for k, v in resumed.probe.state_dict().items():
+        assert torch.equal(v, tensors[f"probe.{k}"]), k

@@ -194,6 +194,9 @@ def train(
                                       help="Share of synthetic images seen as an imgsz x imgsz window at their own "
                                            "resolution (no object cut), so small details train at a fraction of the "
                                            "cost. Pair it with --val-imgsz, the size the model will run at."),
+    defect_probe: float = typer.Option(0.0, "--defect-probe", min=0.0,
+                                       help="Weight of a training-only loss that reads each part's defect kind from "
+                                            "its region embedding (synthetic scenes), so defect kinds stay apart. 0 = off."),
     val_imgsz: int = typer.Option(0, "--val-imgsz", min=0,
                                   help="Validation size, saved as the model's default size (0 = --imgsz)."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
@@ -228,7 +231,7 @@ def train(
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
                           prompt_lr_mult=prompt_lr_mult,
                           absent_rate=absent_rate, absent_mix=absent_mix, native_crop=native_crop,
-                          val_imgsz=val_imgsz, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
+                          val_imgsz=val_imgsz, defect_probe=defect_probe, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs)
     if metrics:
         from promptdet.train.evaluate import format_table

@@ -9,7 +9,7 @@ pairs. Each pair also gets its *context group* (the parts stage 1 should find, s
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from promptdet.data.pairs import InstructionPair
 from promptdet.data.sources import LoadedSource
 from promptdet.data.synth.instruct import generate_instructions, matches, weighted_types
+from promptdet.data.vocab import DEFECTS
 from promptdet.runtime.preprocess import letterbox
 
 
@@ -38,6 +39,13 @@ class Sample:
     groups: list[np.ndarray]  # K x [Gg, 4]
     valid: np.ndarray  # [K] bool
     types: list[str]
+    # Every part of a synthetic scene and its defect kind (index into DEFECT_KINDS); empty otherwise.
+    part_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # [N, 4] input pixels
+    part_kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [N]
+
+
+# The defect-kind labels of the training-time probe (see promptdet.train.loss.DefectProbe).
+DEFECT_KINDS = ("none",) + DEFECTS
 
 
 def group_boxes(pair: InstructionPair, scene: dict | None) -> list[list[float]]:
@@ -210,9 +218,10 @@ class PromptDataset(Dataset):
         # Group boxes ride along as companion pairs so every geometric transform moves them too.
         work = [InstructionPair(p.image, p.instruction, scaled(p.boxes_xyxy), p.type) for p in pairs]
         companions = [InstructionPair("", "group", scaled(g), "category") for g in groups]
+        parts = InstructionPair("", "parts", scaled(scene_boxes or []), "category")
         if self.augment is not None and pairs:
-            image, out = self.augment(image, work + companions, scaled(scene_boxes) if scene_boxes else None, rng)
-            work, companions = out[:len(work)], out[len(work):]
+            image, out = self.augment(image, work + companions + [parts], scaled(scene_boxes) if scene_boxes else None, rng)
+            work, companions, parts = out[:len(work)], out[len(work):-1], out[-1]
         boxed, lb = letterbox(image, self.imgsz)
         prompts = [p.instruction for p in work]
         answers = [lb.boxes_to_input(np.array(p.boxes_xyxy, np.float32)) for p in work]
@@ -224,7 +233,10 @@ class PromptDataset(Dataset):
             group.append(np.zeros((0, 4), np.float32))
             valid = np.append(valid, False)
         types = [p.type for p in work] + ["pad"] * (self.k - len(work))
-        return Sample(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB), prompts, answers, group, valid, types)
+        kinds = [DEFECT_KINDS.index(o["defects"][0]) if o["defects"] else 0 for o in scene["objects"]] if scene else []
+        return Sample(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB), prompts, answers, group, valid, types,
+                      lb.boxes_to_input(np.array(parts.boxes_xyxy, np.float32).reshape(-1, 4)),
+                      np.array(kinds, np.int64))
 
 
 def _pad(boxes: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,4 +262,9 @@ def collate(samples: list[Sample]):
     grp, grp_mask = _pad(flat_grp)
     targets = PromptTargets(ans.reshape(b, k, -1, 4), ans_mask.reshape(b, k, -1), grp.reshape(b, k, -1, 4),
                             grp_mask.reshape(b, k, -1), torch.from_numpy(np.stack([s.valid for s in samples])))
+    parts, part_mask = _pad([s.part_boxes for s in samples])
+    kinds = torch.full(part_mask.shape, -1, dtype=torch.long)
+    for i, s in enumerate(samples):
+        kinds[i, :len(s.part_kinds)] = torch.from_numpy(s.part_kinds)
+    targets.part_boxes, targets.part_kinds = parts, kinds
     return images, [s.prompts for s in samples], targets, [s.types for s in samples]

@@ -27,6 +27,7 @@ class DetectorOutput:
     dense_logits [B, K, A]: stage-1 prompt similarity per anchor.
     cand_idx, cand_logits, cand_valid [B, K, M]: the reasoning stage's candidates and final logits.
     anchor_points [A, 2], stride_tensor [A, 1]: anchor centres in stride units, and strides.
+    region_embeds [B, A, D]: the region embeddings the prompts are compared with (not normalized).
     """
 
     box_dist: torch.Tensor
@@ -37,6 +38,7 @@ class DetectorOutput:
     cand_valid: torch.Tensor
     anchor_points: torch.Tensor
     stride_tensor: torch.Tensor
+    region_embeds: torch.Tensor
 
 
 class PromptDetector(nn.Module):
@@ -68,4 +70,4 @@ class PromptDetector(nn.Module):
         level_hw = [(f.shape[2], f.shape[3]) for f in feats]
         idx, cand_logits, valid = self.reasoner(dense, region, boxes / scale, level_hw, prompt_vecs, word_feats,
                                                 token_mask)
-        return DetectorOutput(box_dist, boxes, dense, idx, cand_logits, valid, anchor_points, stride_tensor)
+        return DetectorOutput(box_dist, boxes, dense, idx, cand_logits, valid, anchor_points, stride_tensor, region)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
 from promptdet.model._ultralytics import BboxLoss, TaskAlignedAssigner
 from promptdet.model.detector import DetectorOutput
 from promptdet.model.fusion import gather_anchors
@@ -33,10 +35,14 @@ class PromptTargets:
     group_boxes: torch.Tensor
     group_mask: torch.Tensor
     prompt_valid: torch.Tensor
+    # Every part of each image and its defect kind (-1 = padding or unknown): part_boxes [B, N, 4], part_kinds [B, N].
+    part_boxes: torch.Tensor | None = None
+    part_kinds: torch.Tensor | None = None
 
     def to(self, device) -> "PromptTargets":
-        return PromptTargets(*(t.to(device) for t in (self.answer_boxes, self.answer_mask, self.group_boxes,
-                                                       self.group_mask, self.prompt_valid)))
+        return PromptTargets(*(None if t is None else t.to(device) for t in (
+            self.answer_boxes, self.answer_mask, self.group_boxes, self.group_mask, self.prompt_valid,
+            self.part_boxes, self.part_kinds)))
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -119,3 +125,39 @@ class PromptDetLoss:
                  "reason": loss_reason * w["reason"]}
         total = sum(items.values()) * b  # YOLO scales by batch size; keeps LR defaults comparable
         return total, {key: float(v.detach()) for key, v in items.items()}
+
+
+class DefectProbe(nn.Module):
+    """A training aid: a linear read-out of each part's defect kind from its region embeddings.
+
+    Why: the prompt loss alone leaves a symmetric trap. When the image side cannot yet tell a
+    dent from a stain, the best prompt vectors for "dented" and "stained" are the same ("damaged"),
+    and once they are the same, neither side gets a gradient that tells the two apart (the bundled
+    model sat there: prompt cosine 0.95, every fine-tune of the prompt side alone left it). Labels
+    from the scene facts, read through weights of their own, break the symmetry on the image side;
+    the prompt loss can then use the difference. Not part of the model: never exported or shipped.
+
+    region_embeds [B, A, D], anchors_px [A, 2], part_boxes [B, N, 4] (input pixels),
+    part_kinds [B, N] (-1 = ignore) -> mean cross-entropy over the parts (0 when there are none).
+    A part's embedding is the mean of the normalized embeddings of the anchors in the middle half
+    of its box; clean parts weigh ``clean_weight`` (they are three quarters of all parts).
+    """
+
+    def __init__(self, embed_dim: int, num_kinds: int, clean_weight: float = 0.3):
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, num_kinds)
+        self.register_buffer("class_weight", torch.tensor([clean_weight] + [1.0] * (num_kinds - 1)), persistent=False)
+
+    def forward(self, region_embeds, anchors_px, part_boxes, part_kinds) -> torch.Tensor:
+        centre = (part_boxes[..., :2] + part_boxes[..., 2:]) / 2  # [B, N, 2]
+        half = (part_boxes[..., 2:] - part_boxes[..., :2]).clamp(min=1.0) / 4
+        near = ((anchors_px[None, None] - centre[:, :, None]).abs() <= half[:, :, None]).all(-1)  # [B, N, A]
+        near = near & (part_kinds >= 0)[..., None]
+        count = near.sum(-1)
+        keep = count > 0
+        if not keep.any():
+            return region_embeds.sum() * 0.0
+        region = F.normalize(region_embeds.float(), dim=-1)
+        part = torch.bmm(near.float(), region) / count.clamp(min=1)[..., None].float()  # [B, N, D]
+        logits = self.linear(F.normalize(part[keep], dim=-1) * 8.0)
+        return F.cross_entropy(logits, part_kinds[keep], weight=self.class_weight)

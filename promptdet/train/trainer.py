@@ -39,6 +39,7 @@ class TrainArgs:
     absent_mix: str = "default"  # "hard", "defect" or "confusable": see instruct.ABSENT_KINDS (synthetic only)
     type_weights: dict = field(default_factory=dict)  # e.g. {"defect": 2}: asked twice as often (synthetic)
     native_crop: float = 0.0  # share of synthetic images seen as an imgsz window at their own resolution
+    defect_probe: float = 0.0  # weight of the DefectProbe loss (synthetic scenes; 0 = off), see train.loss
     val_imgsz: int = 0  # validation (and deployment) size; 0 = imgsz. With native_crop: the scenes' own size
     lr: float = 2e-3
     prompt_lr_mult: float = 1.0  # LR multiplier for the prompt side (text projection, similarity, reasoner)
@@ -115,6 +116,12 @@ class Trainer:
                       file=sys.stderr)
         self.ema = ModelEMA(self.model, decay=args.ema_decay)
         self.loss = PromptDetLoss(model_cfg.reg_max)
+        self.probe = None
+        if args.defect_probe > 0:
+            from promptdet.data.dataset import DEFECT_KINDS
+            from promptdet.train.loss import DefectProbe
+
+            self.probe = DefectProbe(model_cfg.embed_dim, len(DEFECT_KINDS)).to(self.device)
         self.optimizer = self._optimizer()
         self.start_epoch, self.best_fitness = 0, -1.0
 
@@ -155,9 +162,12 @@ class Trainer:
                 continue
             decay = not (p.ndim <= 1 or name.endswith(".bias"))
             groups[decay, name.startswith(PROMPT_SIDE)].append(p)
-        return torch.optim.AdamW([{"params": ps, "weight_decay": self.args.weight_decay if decay else 0.0,
-                                   "lr_mult": self.args.prompt_lr_mult if prompt else 1.0}
-                                  for (decay, prompt), ps in groups.items() if ps], lr=self.args.lr, betas=(0.9, 0.999))
+        param_groups = [{"params": ps, "weight_decay": self.args.weight_decay if decay else 0.0,
+                         "lr_mult": self.args.prompt_lr_mult if prompt else 1.0}
+                        for (decay, prompt), ps in groups.items() if ps]
+        if self.probe is not None:  # last, so the model's groups keep their places in a resumed state
+            param_groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0, "lr_mult": 1.0})
+        return torch.optim.AdamW(param_groups, lr=self.args.lr, betas=(0.9, 0.999))
 
     def _loader(self, sources, weights) -> DataLoader:
         n = len(self.train_set)
@@ -221,6 +231,8 @@ class Trainer:
         meta = self._meta(epoch, fit)
         if with_optimizer:
             tensors.update({f"train.{k}": v for k, v in self._raw_model().state_dict().items()})
+            if self.probe is not None:
+                tensors.update({f"probe.{k}": v for k, v in self.probe.state_dict().items()})
             opt_tensors, opt_plain = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
             tensors.update(opt_tensors)
             meta["optimizer"] = opt_plain
@@ -234,6 +246,9 @@ class Trainer:
         self._raw_model().load_state_dict(ckpt.split_prefix(tensors, "train"))
         self.ema.ema.load_state_dict(ckpt.split_prefix(tensors, "model"))
         self.ema.updates = meta["ema_updates"]
+        probe = ckpt.split_prefix(tensors, "probe")
+        if self.probe is not None and probe:
+            self.probe.load_state_dict(probe)
         try:
             self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer"]))
         except ValueError as exc:  # parameter groups of another layout (a run from an older promptdet)
@@ -283,10 +298,21 @@ class Trainer:
                 pooled, tokens, mask = encode_prompt_grid(self.encoder, prompts, self.device)
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                     out = model(images, pooled, tokens, mask)
-                loss, items = self.loss(out, targets.to(self.device), images.shape[2:])  # float32 (see the loss)
+                targets = targets.to(self.device)
+                loss, items = self.loss(out, targets, images.shape[2:])  # float32 (see the loss)
+                if self.probe is not None and targets.part_boxes is not None:
+                    probe_loss = self.probe(out.region_embeds, out.anchor_points * out.stride_tensor,
+                                            targets.part_boxes, targets.part_kinds)
+                    loss = loss + probe_loss * self.args.defect_probe * images.shape[0]  # scaled as the loss is
+                    items["probe"] = float(probe_loss.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(self.optimizer)
+                if self.probe is not None and self.world > 1:  # outside DDP's module: average its gradients here
+                    for p in self.probe.parameters():
+                        if p.grad is not None:
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= self.world
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.args.grad_clip)
                 scaler.step(self.optimizer)
                 scaler.update()
