@@ -353,3 +353,26 @@ def test_defect_probe_trains_saves_and_resumes(tiny_data, tmp_path, encoder):
     resumed = _trainer(tiny_data / "tiny.yaml", out, encoder, resume=True, epochs=2, max_steps=0, defect_probe=0.5)
     for k, v in resumed.probe.state_dict().items():
         assert torch.equal(v, tensors[f"probe.{k}"]), k
+
+
+def test_average_checkpoints_is_the_mean_and_refuses_other_architectures(tmp_path, save_tiny_checkpoint):
+    from promptdet.config import ModelConfig as MC
+    from promptdet.model.detector import PromptDetector
+
+    torch.manual_seed(0)
+    a, b = save_tiny_checkpoint(), save_tiny_checkpoint()  # two fresh inits: different weights
+    out = ckpt.average_checkpoints([a, b], tmp_path / "soup")
+    ta, _ = ckpt.load_checkpoint(a)
+    tb, _ = ckpt.load_checkpoint(b)
+    soup, meta = ckpt.load_checkpoint(out)
+    k = next(k for k, v in ta.items() if v.is_floating_point() and not torch.equal(v, tb[k]))
+    assert torch.allclose(soup[k], (ta[k] + tb[k]) / 2)
+    assert meta["averaged_from"] == [str(a), str(b)]
+    import promptdet
+
+    promptdet.load(out)  # loads as a model
+    other = save_tiny_checkpoint(PromptDetector(MC(imgsz=64, max_candidates=16, embed_dim=64)))
+    with pytest.raises(ckpt.CheckpointError, match="same architecture"):
+        ckpt.average_checkpoints([a, other], tmp_path / "bad")
+    with pytest.raises(ckpt.CheckpointError, match="at least two"):
+        ckpt.average_checkpoints([a], tmp_path / "one")

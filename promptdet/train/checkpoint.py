@@ -112,3 +112,31 @@ def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path
     meta = {k: v for k, v in meta.items() if k not in ("optimizer", "ema_updates", "format", "promptdet_version")}
     meta["storage"] = "float16" if half else "float32"
     return save_checkpoint(dst, keep, meta)
+
+
+def average_checkpoints(srcs: list[str | Path], dst: str | Path) -> Path:
+    """A uniform weight average ("model soup") of the ``model.*`` tensors of fine-tunes of one model.
+
+    Fine-tunes from a shared start lie in one basin, so their mean is a model too, often better
+    than each (the bundled model starts from one). Float tensors are averaged in float32 and
+    stored in the first checkpoint's dtype; integer ones (counters) are the first's. The meta is
+    the first's, with ``averaged_from`` listing the sources.
+    """
+    if len(srcs) < 2:
+        raise CheckpointError("averaging needs at least two checkpoints")
+    loaded = [load_checkpoint(s) for s in srcs]
+    first, meta = loaded[0]
+    keys = sorted(k for k in first if k.startswith("model."))
+    if not keys:
+        raise CheckpointError(f"{srcs[0]}: holds no model.* tensors")
+    for src, (tensors, _) in zip(srcs[1:], loaded[1:]):
+        theirs = sorted(k for k in tensors if k.startswith("model."))
+        if theirs != keys or any(tensors[k].shape != first[k].shape for k in keys):
+            raise CheckpointError(f"{src}: not the same architecture as {srcs[0]}; only fine-tunes of one model average")
+    out = {}
+    for k in keys:
+        v = first[k]
+        out[k] = (sum(t[k].float() for t, _ in loaded) / len(loaded)).to(v.dtype) if v.is_floating_point() else v
+    meta = {k: v for k, v in meta.items() if k not in ("optimizer", "ema_updates", "format", "promptdet_version")}
+    meta["averaged_from"] = [str(s) for s in srcs]
+    return save_checkpoint(dst, out, meta)
