@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from promptdet.config import ModelConfig, load_model_config, model_config_from_dict
+from promptdet.config import ConfigError, ModelConfig, load_model_config, model_config_from_dict
 from promptdet.errors import PromptdetError, UsageError
 
 BUNDLED = Path(__file__).parent / "assets" / "promptdet-n"
@@ -125,10 +125,14 @@ class PromptDet:
         if unknown:
             raise UsageError(f"unknown training option(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
         args = TrainArgs(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, out=str(out), **kwargs)
-        if args.val_imgsz and (args.val_imgsz % 32 or args.val_imgsz < 64):
-            raise UsageError(f"val_imgsz (--val-imgsz) must be 0 or a multiple of 32 of at least 64, got {args.val_imgsz}")
         # The size the model is meant to run at: with native crops, not the training window's.
+        # ModelConfig checks the size; a bad --val-imgsz is the user's usage error and named so.
         cfg = dataclasses.replace(self.cfg, imgsz=args.val_imgsz or imgsz)
+        if args.val_imgsz:
+            try:
+                cfg.validate()
+            except ConfigError as exc:
+                raise UsageError(f"val_imgsz (--val-imgsz): {exc}") from None
         init = dict(self.weights) if self.weights else None
         if backbone_weights:
             init = {**(init or {}), **load_ultralytics_backbone(backbone_weights)}

@@ -82,8 +82,9 @@ def native_window(objects: list[dict], size_wh: tuple[int, int], side: int, rng:
         y0 = int(rng.integers(0, H - ch + 1))
         inside = (boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x0 + cw) & (boxes[:, 3] <= y0 + ch)
         outside = (boxes[:, 2] <= x0) | (boxes[:, 0] >= x0 + cw) | (boxes[:, 3] <= y0) | (boxes[:, 1] >= y0 + ch)
-        if inside.any() and (inside | outside).all() and int((inside & damaged).sum()) > best_damaged:
-            best, best_damaged = (x0, y0, x0 + cw, y0 + ch), int((inside & damaged).sum())
+        n_damaged = int((inside & damaged).sum())
+        if inside.any() and (inside | outside).all() and n_damaged > best_damaged:
+            best, best_damaged = (x0, y0, x0 + cw, y0 + ch), n_damaged
     return best
 
 
@@ -153,9 +154,7 @@ class PromptDataset(Dataset):
         """
         if i in self._images:
             return self._images[i]
-        img = cv2.imread(self.entries[i].path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise FileNotFoundError(f"cannot read training image {self.entries[i].path}")
+        img = self._read(i)
         r = min(1.0, self.imgsz / max(img.shape[:2]))
         if r < 1:
             img = cv2.resize(img, (round(img.shape[1] * r), round(img.shape[0] * r)), interpolation=cv2.INTER_AREA)
@@ -163,12 +162,16 @@ class PromptDataset(Dataset):
             self._images[i] = (img, r)
         return img, r
 
-    def _load_native(self, i: int) -> np.ndarray:
-        if i in self._native:
-            return self._native[i]
+    def _read(self, i: int) -> np.ndarray:
         img = cv2.imread(self.entries[i].path, cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"cannot read training image {self.entries[i].path}")
+        return img
+
+    def _load_native(self, i: int) -> np.ndarray:
+        if i in self._native:
+            return self._native[i]
+        img = self._read(i)
         if self.cache:
             self._native[i] = img
         return img
