@@ -48,6 +48,7 @@ def test_checks_runs():
     (["data", "synth", "--out", "{tmp}/s", "--num", "2", "--size", "big"], 2, "WIDTHxHEIGHT"),
     (["data", "synth", "--out", "{tmp}/s", "--num", "0"], 2, "--num"),
     (["data", "synth", "--out", "{tmp}/s", "--num", "2", "--split", "dev"], 2, "'train' or 'test'"),
+    (["data", "synth", "--out", "{tmp}/s", "--num", "2", "--defect-weights", "rust=2"], 2, "unknown defect kind 'rust'"),
     (["data", "instruct", "{tmp}/missing/scenes.jsonl"], 1, "no scenes file"),
     (["data", "convert", "{tmp}/x.json", "--from", "voc", "--out", "{tmp}/o"], 2, "unknown format 'voc'"),
     (["data", "preview", "{tmp}/missing"], 1, "no scenes file"),

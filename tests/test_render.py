@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptdet.data.synth.render import render_scene
+from promptdet.data.synth.render import DefectMix, render_scene
 from promptdet.data.vocab import CATEGORIES, COLORS_BY_CATEGORY, DEFECTS_BY_CATEGORY
 
 N_SCENES = 200
@@ -99,6 +99,40 @@ def test_defect_rate(scenes):
     kinds = {d for o in objects for d in o["defects"]}
     assert kinds == {d for ds in DEFECTS_BY_CATEGORY.values() for d in ds}
     assert not any(o["defects"] for o in objects if o["category"] in ("screw", "bolt"))
+
+
+def _defect_shares(mix, n=120):
+    objects = [o for seed in range(n) for o in render_scene(np.random.default_rng(seed), SMALL, defect_mix=mix)[1]]
+    damaged = [o["defects"][0] for o in objects if o["defects"]]
+    return len(damaged) / len(objects), {k: damaged.count(k) / max(len(damaged), 1) for k in set(damaged)}
+
+
+def test_defect_mix_changes_rate_and_kinds():
+    rate, kinds = _defect_shares(DefectMix(rate=0.5, weights=(("missing_cap", 6.0), ("dent", 0.0))))
+    base_rate, base_kinds = _defect_shares(None)
+    assert 0.4 <= rate <= 0.6 and 0.15 <= base_rate <= 0.35
+    assert "dent" not in kinds  # weight 0: never drawn
+    assert kinds["missing_cap"] > 3 * base_kinds.get("missing_cap", 0.0)
+    assert _defect_shares(DefectMix(rate=0.0), n=20)[0] == 0.0
+
+
+def test_default_defect_mix_keeps_old_seeds():
+    # None is the draw every existing data set was made with; it must not move by a pixel.
+    img_a, obj_a = render_scene(np.random.default_rng(7), SMALL)
+    img_b, obj_b = render_scene(np.random.default_rng(7), SMALL, defect_mix=None)
+    assert np.array_equal(img_a, img_b) and obj_a == obj_b
+
+
+@pytest.mark.parametrize("rate, weights, needle", [
+    (0.9, None, "defect rate must be in"),
+    (0.3, "dentt=2", "unknown defect kind 'dentt'"),
+    (0.3, "crack", "KIND=NUMBER"),
+    (0.3, "crack=x", "KIND=NUMBER"),
+    (0.3, "crack=-1", "finite number >= 0"),
+])
+def test_defect_mix_rejects_bad_values(rate, weights, needle):
+    with pytest.raises(ValueError, match=needle):
+        DefectMix.parse(rate, weights)
 
 
 def test_part_pixels_differ_from_belt(scenes):

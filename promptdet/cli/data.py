@@ -45,14 +45,26 @@ def synth(
     split: SplitOpt = "train",
     per_image: PerImageOpt = 6,
     absent_rate: AbsentRateOpt = 0.2,
+    defect_rate: float = typer.Option(None, "--defect-rate", min=0.0, max=1.0,
+                                      help="Share of damaged parts (default 0.25; screws and bolts never are)."),
+    defect_weights: str = typer.Option(None, "--defect-weights",
+                                       help="Relative weights of defect kinds, e.g. 'missing_cap=4,crack=2' "
+                                            "(1 for a kind not named), to balance rare kinds."),
 ) -> None:
     """Render synthetic conveyor-belt scenes with exact boxes, and instructions for them."""
     from promptdet.data.synth.generate import synthesize
+    from promptdet.data.synth.render import DefectMix
 
+    mix = None
+    if defect_rate is not None or defect_weights:
+        try:
+            mix = DefectMix.parse(0.25 if defect_rate is None else defect_rate, defect_weights)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--defect-rate/--defect-weights") from None
     with user_errors():
         t0 = time.perf_counter()
         report = synthesize(out, num, seed=seed, size_wh=size, workers=workers, instruct=instruct,
-                            split=split, per_image=per_image, absent_rate=absent_rate)
+                            split=split, per_image=per_image, absent_rate=absent_rate, defect_mix=mix)
         dt = time.perf_counter() - t0
     typer.echo(f"wrote {report.num_images} images with {report.num_objects} parts to {out} in {dt:.1f} s", err=True)
     if instruct:

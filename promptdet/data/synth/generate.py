@@ -20,7 +20,7 @@ from tqdm import tqdm
 from promptdet.data.formats.jsonl import iter_jsonl, write_pairs
 from promptdet.data.pairs import DataFormatError
 from promptdet.data.synth.instruct import generate_instructions
-from promptdet.data.synth.render import render_scene
+from promptdet.data.synth.render import DefectMix, render_scene
 
 _INSTRUCTION_STREAM = 7919  # keeps instruction draws independent of the rendering draws
 
@@ -45,10 +45,10 @@ def instruction_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, _INSTRUCTION_STREAM]))
 
 
-def _render_one(job: tuple[int, int, tuple[int, int], str]) -> dict:
-    seed, index, size_wh, out_dir = job
+def _render_one(job: tuple) -> dict:
+    seed, index, size_wh, out_dir, defect_mix = job
     rng = scene_rng(seed, index)
-    image, objects = render_scene(rng, size_wh)
+    image, objects = render_scene(rng, size_wh, defect_mix=defect_mix)
     name = f"images/{index:06d}.jpg"
     quality = int(rng.integers(70, 96))  # real line cameras vary; the model must not key on one quality
     if not cv2.imwrite(str(Path(out_dir) / name), image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
@@ -66,10 +66,12 @@ def _progress(total: int, desc: str, show: bool | None):
 
 def synthesize(out_dir: str | Path, num: int, seed: int = 0, size_wh: tuple[int, int] = (640, 480),
                workers: int = 0, instruct: bool = True, split: str = "train", per_image: int = 6,
-               absent_rate: float = 0.2, progress: bool | None = None) -> SynthReport:
+               absent_rate: float = 0.2, progress: bool | None = None,
+               defect_mix: DefectMix | None = None) -> SynthReport:
     """Render ``num`` scenes into ``out_dir`` and, unless ``instruct`` is False, their instructions.
 
-    workers: processes to render with; 0 means one per CPU core.
+    workers: processes to render with; 0 means one per CPU core. defect_mix: how often parts are
+    damaged and which kinds (None: the default draw).
     """
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
@@ -78,7 +80,7 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, size_wh: tuple[int,
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     workers = workers or (mp.cpu_count() or 1)
-    jobs = [(seed, i, tuple(size_wh), str(out)) for i in range(num)]
+    jobs = [(seed, i, tuple(size_wh), str(out), defect_mix) for i in range(num)]
     scenes: list[dict] = []
     with _progress(num, "render", progress) as bar:
         if workers == 1 or num < 8:

@@ -24,12 +24,13 @@ Boxes are ``[x1, y1, x2, y2]`` integer pixels with x2/y2 exclusive (x2 - x1 = wi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from promptdet.data.synth import parts as P
-from promptdet.data.vocab import CATEGORIES, COLORS_BY_CATEGORY, DEFECTS_BY_CATEGORY
+from promptdet.data.vocab import CATEGORIES, COLORS_BY_CATEGORY, DEFECTS, DEFECTS_BY_CATEGORY
 
 # Typical size in pixels at 640x480 (bottle/screw/bolt length, can/washer/gear diameter,
 # box long side, nut across corners). Ranges are widened a little so that "largest/smallest of a
@@ -47,13 +48,15 @@ _MODES = (("free", 0.8), ("touch", 0.12), ("overlap", 0.08))
 
 
 def render_scene(rng: np.random.Generator, size_wh: tuple[int, int] = (640, 480), *,
-                 return_labels: bool = False):
+                 return_labels: bool = False, defect_mix: DefectMix | None = None):
     """Return (image_bgr uint8 [H, W, 3], objects), plus the label map [H, W] if asked.
 
     Each object: ``{"id", "category", "color", "defects" (0 or 1 item), "bbox" [x1, y1, x2, y2]
     (tight box of its visible pixels, x2/y2 exclusive), "visible_px", "visible_frac", "angle"}``,
     in draw order (a later id may cover an earlier one). The label map is int16 with -1 for belt
     and the object id on each visible part pixel. The image is not JPEG-encoded here.
+    ``defect_mix`` changes how often parts are damaged and which kinds; None keeps the default
+    draw (and the exact scenes every earlier seed gave).
     """
     W, H = int(size_wh[0]), int(size_wh[1])
     px = min(W / 640.0, H / 480.0)
@@ -73,7 +76,7 @@ def render_scene(rng: np.random.Generator, size_wh: tuple[int, int] = (640, 480)
     # A scene always ends with at least two parts; the hard cap only guards against a bug.
     while len(placed) < n_target and (tries < n_target + 12 or len(placed) < 2) and tries < 400:
         tries += 1
-        spec = _sample_spec(rng, px)
+        spec = _sample_spec(rng, px, defect_mix)
         rgba, mask, box = _render_part(rng, spec, light, px)
         if rgba is None:
             continue
@@ -118,7 +121,56 @@ def render_scene(rng: np.random.Generator, size_wh: tuple[int, int] = (640, 480)
 
 # ---------------------------------------------------------------- parts
 
-def _sample_spec(rng, px: float) -> dict:
+@dataclass(frozen=True)
+class DefectMix:
+    """How often a part that can be damaged is, and how the kinds are weighted.
+
+    ``rate`` is the share of damaged parts over all parts (screws and bolts included, which never
+    are), the default draw's 0.25. ``weights`` are relative weights per defect kind, 1 for a kind
+    not named; a part picks among the kinds its category can carry. Rare, hard kinds (a missing cap
+    exists only on bottles) can be asked for more often this way, to balance a training set.
+    """
+
+    rate: float = 0.25
+    weights: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        if not 0.0 <= self.rate <= _ELIGIBLE:
+            raise ValueError(f"defect rate must be in [0, {_ELIGIBLE:.2f}] (screws and bolts are never "
+                             f"damaged), got {self.rate!r}")
+        for kind, w in self.weights:
+            if kind not in DEFECTS:
+                raise ValueError(f"unknown defect kind {kind!r}; known: {', '.join(DEFECTS)}")
+            if not (w >= 0.0 and math.isfinite(w)):
+                raise ValueError(f"defect weight for {kind} must be a finite number >= 0, got {w!r}")
+
+    @classmethod
+    def parse(cls, rate: float = 0.25, weights: str | None = None) -> DefectMix:
+        """From the CLI form "missing_cap=4,crack=2"."""
+        pairs = []
+        for item in (weights or "").split(","):
+            if not item.strip():
+                continue
+            kind, sep, value = item.partition("=")
+            try:
+                pairs.append((kind.strip(), float(value)))
+            except ValueError:
+                raise ValueError(f"defect weights are KIND=NUMBER pairs separated by commas, got {item.strip()!r}") from None
+            if not sep:
+                raise ValueError(f"defect weights are KIND=NUMBER pairs separated by commas, got {item.strip()!r}")
+        return cls(rate=rate, weights=tuple(pairs))
+
+    def pick(self, rng, choices: tuple[str, ...]) -> str | None:
+        if rng.random() >= self.rate / _ELIGIBLE:
+            return None
+        given = dict(self.weights)
+        w = np.array([given.get(k, 1.0) for k in choices], np.float64)
+        if w.sum() <= 0:
+            return None  # every kind this category can carry was weighted 0
+        return choices[int(rng.choice(len(choices), p=w / w.sum()))]
+
+
+def _sample_spec(rng, px: float, defect_mix: DefectMix | None = None) -> dict:
     category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
     colors = COLORS_BY_CATEGORY[category]
     color = colors[int(rng.integers(len(colors)))]
@@ -126,7 +178,9 @@ def _sample_spec(rng, px: float) -> dict:
     size = rng.uniform(lo * 0.92, hi * 1.08) * px
     defect = None
     choices = DEFECTS_BY_CATEGORY[category]
-    if choices and rng.random() < DEFECT_PROB:
+    if choices and defect_mix is not None:
+        defect = defect_mix.pick(rng, choices)
+    elif choices and rng.random() < DEFECT_PROB:  # the default draw, kept as it was for old seeds
         defect = choices[int(rng.integers(len(choices)))]
     return {"category": category, "color": color, "size": float(size), "defect": defect,
             "angle": float(rng.uniform(0.0, 360.0))}
