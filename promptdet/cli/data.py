@@ -58,7 +58,7 @@ def synth(
     mix = None
     if defect_rate is not None or defect_weights:
         try:
-            mix = DefectMix.parse(0.25 if defect_rate is None else defect_rate, defect_weights)
+            mix = DefectMix.parse(defect_rate, defect_weights)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--defect-rate/--defect-weights") from None
     with user_errors():

@@ -100,6 +100,11 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], plain: dict) -> dic
     return {"param_groups": plain["param_groups"], "state": state}
 
 
+def _model_meta(meta: dict) -> dict:
+    """A checkpoint's meta without the training state and the stamps save_checkpoint writes anew."""
+    return {k: v for k, v in meta.items() if k not in ("optimizer", "ema_updates", "format", "promptdet_version")}
+
+
 def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path:
     """Keep only the inference weights (``model.*``) of a checkpoint, optionally as float16.
 
@@ -109,7 +114,7 @@ def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path
     keep = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items() if k.startswith("model.")}
     if not keep:
         raise CheckpointError(f"{src}: holds no model.* tensors")
-    meta = {k: v for k, v in meta.items() if k not in ("optimizer", "ema_updates", "format", "promptdet_version")}
+    meta = _model_meta(meta)
     meta["storage"] = "float16" if half else "float32"
     return save_checkpoint(dst, keep, meta)
 
@@ -137,6 +142,6 @@ def average_checkpoints(srcs: list[str | Path], dst: str | Path) -> Path:
     for k in keys:
         v = first[k]
         out[k] = (sum(t[k].float() for t, _ in loaded) / len(loaded)).to(v.dtype) if v.is_floating_point() else v
-    meta = {k: v for k, v in meta.items() if k not in ("optimizer", "ema_updates", "format", "promptdet_version")}
+    meta = _model_meta(meta)
     meta["averaged_from"] = [str(s) for s in srcs]
     return save_checkpoint(dst, out, meta)

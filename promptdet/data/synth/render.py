@@ -41,8 +41,9 @@ SIZES = {"bottle": (100, 150), "can": (55, 80), "box": (60, 110), "screw": (45, 
 _HEIGHT = {"bottle": 1.0, "can": 1.4, "box": 1.2, "screw": 0.45, "nut": 0.6, "washer": 0.3,
            "gear": 0.55, "bolt": 0.6}
 _ELIGIBLE = sum(1 for c in CATEGORIES if DEFECTS_BY_CATEGORY[c]) / len(CATEGORIES)
-# Screws and bolts never carry a defect, so the others carry one more often: ~25% overall.
-DEFECT_PROB = 0.25 / _ELIGIBLE
+# Damaged parts over all parts. Screws and bolts never carry a defect, so the parts that can carry
+# one do more often (DefectMix.pick divides by _ELIGIBLE).
+DEFAULT_DEFECT_RATE = 0.25
 MIN_VISIBLE = 0.55  # kept above the promised 0.5 so rounding never breaks the promise
 _MODES = (("free", 0.8), ("touch", 0.12), ("overlap", 0.08))
 
@@ -126,12 +127,12 @@ class DefectMix:
     """How often a part that can be damaged is, and how the kinds are weighted.
 
     ``rate`` is the share of damaged parts over all parts (screws and bolts included, which never
-    are), the default draw's 0.25. ``weights`` are relative weights per defect kind, 1 for a kind
+    are), by default 0.25. ``weights`` are relative weights per defect kind, 1 for a kind
     not named; a part picks among the kinds its category can carry. Rare, hard kinds (a missing cap
     exists only on bottles) can be asked for more often this way, to balance a training set.
     """
 
-    rate: float = 0.25
+    rate: float = DEFAULT_DEFECT_RATE
     weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
@@ -145,29 +146,33 @@ class DefectMix:
                 raise ValueError(f"defect weight for {kind} must be a finite number >= 0, got {w!r}")
 
     @classmethod
-    def parse(cls, rate: float = 0.25, weights: str | None = None) -> DefectMix:
-        """From the CLI form "missing_cap=4,crack=2"."""
+    def parse(cls, rate: float | None = None, weights: str | None = None) -> DefectMix:
+        """From the CLI form: a rate (None: the default) and "missing_cap=4,crack=2"."""
         pairs = []
         for item in (weights or "").split(","):
             if not item.strip():
                 continue
-            kind, sep, value = item.partition("=")
+            kind, _, value = item.partition("=")
             try:
-                pairs.append((kind.strip(), float(value)))
+                pairs.append((kind.strip(), float(value)))  # no "=" leaves value empty: an error too
             except ValueError:
                 raise ValueError(f"defect weights are KIND=NUMBER pairs separated by commas, got {item.strip()!r}") from None
-            if not sep:
-                raise ValueError(f"defect weights are KIND=NUMBER pairs separated by commas, got {item.strip()!r}")
-        return cls(rate=rate, weights=tuple(pairs))
+        return cls(rate=DEFAULT_DEFECT_RATE if rate is None else rate, weights=tuple(pairs))
 
     def pick(self, rng, choices: tuple[str, ...]) -> str | None:
+        """The defect of a part that can carry one of ``choices``, or None."""
         if rng.random() >= self.rate / _ELIGIBLE:
             return None
+        if not self.weights:  # uniform: the one draw every data set before DefectMix was made with
+            return choices[int(rng.integers(len(choices)))]
         given = dict(self.weights)
         w = np.array([given.get(k, 1.0) for k in choices], np.float64)
         if w.sum() <= 0:
             return None  # every kind this category can carry was weighted 0
         return choices[int(rng.choice(len(choices), p=w / w.sum()))]
+
+
+_DEFAULT_MIX = DefectMix()
 
 
 def _sample_spec(rng, px: float, defect_mix: DefectMix | None = None) -> dict:
@@ -176,12 +181,8 @@ def _sample_spec(rng, px: float, defect_mix: DefectMix | None = None) -> dict:
     color = colors[int(rng.integers(len(colors)))]
     lo, hi = SIZES[category]
     size = rng.uniform(lo * 0.92, hi * 1.08) * px
-    defect = None
     choices = DEFECTS_BY_CATEGORY[category]
-    if choices and defect_mix is not None:
-        defect = defect_mix.pick(rng, choices)
-    elif choices and rng.random() < DEFECT_PROB:  # the default draw, kept as it was for old seeds
-        defect = choices[int(rng.integers(len(choices)))]
+    defect = (defect_mix or _DEFAULT_MIX).pick(rng, choices) if choices else None
     return {"category": category, "color": color, "size": float(size), "defect": defect,
             "angle": float(rng.uniform(0.0, 360.0))}
 
