@@ -125,6 +125,8 @@ class ModelConfig:
     scale: backbone/neck size (n, s, m). embed_dim: width of region and prompt embeddings.
     max_candidates: peaks per (image, prompt) that the reasoning stage rescores.
     word_pool_heads: learned queries that pool the prompt's word features into its vector (0 = off).
+    verify_top_k: candidates per prompt that the crop verifier rescores from the input image (0 = off).
+    verify_crop: side of the verifier's square crops, in pixels.
     """
 
     scale: str = "n"
@@ -138,6 +140,8 @@ class ModelConfig:
     max_tokens: int = 48
     text_trainable_layers: int = 0
     word_pool_heads: int = 0
+    verify_top_k: int = 0
+    verify_crop: int = 48
     imgsz: int = 640
 
     def validate(self, where: str = "model config") -> "ModelConfig":
@@ -147,6 +151,11 @@ class ModelConfig:
             raise ConfigError(f"{where}: embed_dim ({self.embed_dim}) must be divisible by reason_heads ({self.reason_heads})")
         if self.word_pool_heads < 0:
             raise ConfigError(f"{where}: word_pool_heads must be 0 or more, got {self.word_pool_heads}")
+        if self.verify_top_k < 0 or self.verify_top_k > self.max_candidates:
+            raise ConfigError(f"{where}: verify_top_k must be from 0 to max_candidates ({self.max_candidates}), "
+                              f"got {self.verify_top_k}")
+        if self.verify_crop % 8 or self.verify_crop < 16:
+            raise ConfigError(f"{where}: verify_crop must be a multiple of 8 and at least 16, got {self.verify_crop}")
         if self.imgsz % 32 or self.imgsz < 64:
             raise ConfigError(f"{where}: imgsz must be a multiple of 32 and at least 64, got {self.imgsz}")
         return self

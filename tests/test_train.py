@@ -376,3 +376,24 @@ def test_average_checkpoints_is_the_mean_and_refuses_other_architectures(tmp_pat
         ckpt.average_checkpoints([a, other], tmp_path / "bad")
     with pytest.raises(ckpt.CheckpointError, match="at least two"):
         ckpt.average_checkpoints([a], tmp_path / "one")
+
+
+def test_train_only_the_verifier_leaves_every_other_tensor_as_it_was(tiny_data, tmp_path, encoder):
+    from promptdet.errors import UsageError
+    from promptdet.model.detector import PromptDetector
+    from promptdet.train.trainer import Trainer, TrainArgs
+
+    cfg = ModelConfig(imgsz=64, max_candidates=8, max_tokens=32, verify_top_k=4, verify_crop=16)
+    torch.manual_seed(0)
+    before = PromptDetector(cfg).state_dict()
+    init = {k: v.clone() for k, v in before.items()}
+    args = TrainArgs(data=str(tiny_data / "tiny.yaml"), out=str(tmp_path / "run"), epochs=1, max_steps=3, lr=0.01,
+                     train_only=["verifier"], **TINY)
+    trainer = Trainer(args, cfg, init_weights=init, encoder=encoder)
+    trainer.train()
+    after = trainer._raw_model().state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("verifier.") for k in changed)  # BatchNorm statistics of the trunk too
+    with pytest.raises(UsageError, match="no module 'verfier'"):
+        Trainer(TrainArgs(data=str(tiny_data / "tiny.yaml"), out=str(tmp_path / "run2"), train_only=["verfier"], **TINY),
+                cfg, encoder=encoder)

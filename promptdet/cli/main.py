@@ -197,6 +197,9 @@ def train(
     defect_probe: float = typer.Option(0.0, "--defect-probe", min=0.0,
                                        help="Weight of a training-only loss that reads each part's defect kind from "
                                             "its region embedding (synthetic scenes), so defect kinds stay apart. 0 = off."),
+    train_only: str = typer.Option("", "--train-only",
+                                   help="Train only these top-level modules (comma-separated, e.g. 'verifier' after "
+                                        "adding the crop verifier with --model); the rest stays frozen."),
     val_imgsz: int = typer.Option(0, "--val-imgsz", min=0,
                                   help="Validation size, saved as the model's default size (0 = --imgsz)."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
@@ -232,7 +235,8 @@ def train(
                           prompt_lr_mult=prompt_lr_mult,
                           absent_rate=absent_rate, absent_mix=absent_mix, native_crop=native_crop,
                           val_imgsz=val_imgsz, defect_probe=defect_probe, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
-                          time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs)
+                          time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs,
+                          train_only=[n.strip() for n in train_only.split(",") if n.strip()])
     if metrics:
         from promptdet.train.evaluate import format_table
 

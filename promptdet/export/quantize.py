@@ -49,7 +49,8 @@ FLOAT_PARTS = ("/detector/head/box.*/box.*.2/ (box distances)",
                   "/detector/head/embed.*/embed.*.2/ (region embeddings)",
                   "MatMul and Softmax of the backbone and neck attention",
                   "/detector/head/ (anchors, box decoding)", "/detector/text_proj/", "/detector/similarity/",
-                  "/detector/reasoner/ (top-k, gathers, transformer, scores)")
+                  "/detector/reasoner/ (top-k, gathers, transformer, scores)",
+                  "/detector/verifier/ (crops, crop CNN and its scores, when the model has one)")
 
 
 # ---------------------------------------------------------------- calibration data

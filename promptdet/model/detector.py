@@ -13,9 +13,10 @@ from torch import nn
 
 from promptdet.config import ModelConfig
 from promptdet.model.backbone import Backbone
-from promptdet.model.fusion import CandidateReasoner
+from promptdet.model.fusion import CandidateReasoner, gather_anchors
 from promptdet.model.head import DetectHead, PromptSimilarity, TextProjection
 from promptdet.model.neck import PanNeck
+from promptdet.model.verify import CropVerifier
 
 
 @dataclass
@@ -25,7 +26,8 @@ class DetectorOutput:
     box_dist [B, A, 4*reg_max]: box distributions (for the DFL loss).
     boxes_xyxy [B, A, 4]: decoded boxes in input pixels.
     dense_logits [B, K, A]: stage-1 prompt similarity per anchor.
-    cand_idx, cand_logits, cand_valid [B, K, M]: the reasoning stage's candidates and final logits.
+    cand_idx, cand_logits, cand_valid [B, K, M]: the reasoning stage's candidates and final logits
+        (after the crop verifier, when the model has one).
     anchor_points [A, 2], stride_tensor [A, 1]: anchor centres in stride units, and strides.
     region_embeds [B, A, D]: the region embeddings the prompts are compared with (not normalized).
     """
@@ -57,6 +59,8 @@ class PromptDetector(nn.Module):
         self.text_proj = TextProjection(cfg.text_dim, cfg.embed_dim, cfg.word_pool_heads)
         self.similarity = PromptSimilarity()
         self.reasoner = CandidateReasoner(cfg.embed_dim, cfg.reason_layers, cfg.reason_heads, cfg.max_candidates)
+        self.verifier = CropVerifier(cfg.text_dim, cfg.embed_dim, cfg.verify_top_k, cfg.verify_crop) \
+            if cfg.verify_top_k else None
 
     def forward(self, images: torch.Tensor, pooled: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor) -> DetectorOutput:
@@ -70,4 +74,6 @@ class PromptDetector(nn.Module):
         level_hw = [(f.shape[2], f.shape[3]) for f in feats]
         idx, cand_logits, valid = self.reasoner(dense, region, boxes / scale, level_hw, prompt_vecs, word_feats,
                                                 token_mask)
+        if self.verifier is not None:
+            cand_logits = self.verifier(images, gather_anchors(boxes, idx), cand_logits, pooled, tokens, token_mask)
         return DetectorOutput(box_dist, boxes, dense, idx, cand_logits, valid, anchor_points, stride_tensor, region)

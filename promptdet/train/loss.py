@@ -60,11 +60,16 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 class PromptDetLoss:
-    """Weights follow YOLO's defaults (box 7.5, cls 0.5, dfl 1.5); ``reason`` weighs stage 2."""
+    """Weights follow YOLO's defaults (box 7.5, cls 0.5, dfl 1.5); ``reason`` weighs stage 2.
+
+    ``dense=False`` skips stage 1 (assignment, BCE, box losses): for a run that trains only the
+    later stages (``--train-only verifier``), where those losses have no gradient to give.
+    """
 
     def __init__(self, reg_max: int = 16, box: float = 7.5, cls: float = 0.5, dfl: float = 1.5,
-                 reason: float = 1.0, topk: int = 10):
+                 reason: float = 1.0, topk: int = 10, dense: bool = True):
         self.reg_max = reg_max
+        self.dense = dense
         self.weights = {"box": box, "cls": cls, "dfl": dfl, "reason": reason}
         self.assigner = TaskAlignedAssigner(topk=topk, num_classes=1, alpha=0.5, beta=6.0)
         self.bbox_loss = BboxLoss(reg_max)
@@ -73,13 +78,40 @@ class PromptDetLoss:
         # Under AMP the forward pass gives half-precision tensors; the assigner writes float32 IoUs into
         # a tensor of the boxes' dtype and the losses need float32 range, so upcast (as ultralytics does).
         out = DetectorOutput(**{f.name: _as_float(getattr(out, f.name)) for f in fields(out)})
+        b = out.dense_logits.shape[0]
+        anchors_px = out.anchor_points * out.stride_tensor
+
+        loss_cls = loss_box = loss_dfl = out.box_dist.sum() * 0.0
+        if self.dense:
+            loss_cls, loss_box, loss_dfl = self._dense(out, t, imgsz_hw)
+
+        # ---- stage 2: the answer, scored at each candidate ----
+        cand_boxes = gather_anchors(out.boxes_xyxy.detach(), out.cand_idx)
+        cand_points = anchors_px[out.cand_idx]  # [B, K, M, 2]
+        ans = t.answer_boxes
+        inside = ((cand_points[..., None, :] > ans[:, :, None, :, :2]) &
+                  (cand_points[..., None, :] < ans[:, :, None, :, 2:])).all(-1) & t.answer_mask[:, :, None, :]
+        iou = box_iou(cand_boxes, ans)  # [B, K, M, G]
+        # IoU-aware target with a floor, so the signal exists before boxes have converged.
+        quality = torch.where(inside, iou.clamp(min=0.3), torch.zeros_like(iou)).amax(-1) if ans.shape[2] else \
+            torch.zeros_like(out.cand_logits)
+        weight = (out.cand_valid & t.prompt_valid[:, :, None]).to(quality.dtype)
+        bce2 = F.binary_cross_entropy_with_logits(out.cand_logits, quality, reduction="none")
+        loss_reason = (bce2 * weight).sum() / quality.sum().clamp(min=1.0)
+
+        w = self.weights
+        items = {"box": loss_box * w["box"], "cls": loss_cls * w["cls"], "dfl": loss_dfl * w["dfl"],
+                 "reason": loss_reason * w["reason"]}
+        total = sum(items.values()) * b  # YOLO scales by batch size; keeps LR defaults comparable
+        return total, {key: float(v.detach()) for key, v in items.items()}
+
+    def _dense(self, out: DetectorOutput, t: PromptTargets, imgsz_hw):
+        """Stage 1: every (image, prompt) row assigned on its own -> (cls, box, dfl) losses."""
         b, k, a = out.dense_logits.shape
         n = b * k
         valid = t.prompt_valid.reshape(n)
         stride = out.stride_tensor  # [A, 1]
         anchors_px = out.anchor_points * stride
-
-        # ---- stage 1: every (image, prompt) row assigned on its own ----
         logits = out.dense_logits.reshape(n, a, 1)
         boxes_px = out.boxes_xyxy.unsqueeze(1).expand(b, k, a, 4).reshape(n, a, 4)
         g = t.group_boxes.shape[2]
@@ -105,26 +137,7 @@ class PromptDetLoss:
                 out.box_dist[img, anc].unsqueeze(0), (out.boxes_xyxy[img, anc] / s).unsqueeze(0), out.anchor_points[anc],
                 (target_boxes[rows, anc] / s).unsqueeze(0), target_scores[rows, anc].unsqueeze(0), score_sum,
                 torch.ones(1, len(rows), dtype=torch.bool, device=fg.device), imgsz, s)
-
-        # ---- stage 2: the answer, scored at each candidate ----
-        cand_boxes = gather_anchors(out.boxes_xyxy.detach(), out.cand_idx)
-        cand_points = anchors_px[out.cand_idx]  # [B, K, M, 2]
-        ans = t.answer_boxes
-        inside = ((cand_points[..., None, :] > ans[:, :, None, :, :2]) &
-                  (cand_points[..., None, :] < ans[:, :, None, :, 2:])).all(-1) & t.answer_mask[:, :, None, :]
-        iou = box_iou(cand_boxes, ans)  # [B, K, M, G]
-        # IoU-aware target with a floor, so the signal exists before boxes have converged.
-        quality = torch.where(inside, iou.clamp(min=0.3), torch.zeros_like(iou)).amax(-1) if ans.shape[2] else \
-            torch.zeros_like(out.cand_logits)
-        weight = (out.cand_valid & t.prompt_valid[:, :, None]).to(quality.dtype)
-        bce2 = F.binary_cross_entropy_with_logits(out.cand_logits, quality, reduction="none")
-        loss_reason = (bce2 * weight).sum() / quality.sum().clamp(min=1.0)
-
-        w = self.weights
-        items = {"box": loss_box * w["box"], "cls": loss_cls * w["cls"], "dfl": loss_dfl * w["dfl"],
-                 "reason": loss_reason * w["reason"]}
-        total = sum(items.values()) * b  # YOLO scales by batch size; keeps LR defaults comparable
-        return total, {key: float(v.detach()) for key, v in items.items()}
+        return loss_cls, loss_box, loss_dfl
 
 
 class DefectProbe(nn.Module):
@@ -161,3 +174,25 @@ class DefectProbe(nn.Module):
         part = torch.bmm(near.float(), region) / count.clamp(min=1)[..., None].float()  # [B, N, D]
         logits = self.linear(F.normalize(part[keep], dim=-1) * 8.0)
         return F.cross_entropy(logits, part_kinds[keep], weight=self.class_weight)
+
+
+class CropDefectProbe(nn.Module):
+    """DefectProbe for the crop verifier: each part's defect kind read from the verifier's embedding
+    of the part's crop, so a verifier trained alone learns what tells the kinds apart from labels as
+    well as from the prompts. A training aid, never exported.
+
+    verifier: the model's CropVerifier; images [B, 3, H, W]; part_boxes [B, N, 4]; part_kinds [B, N] (-1 = ignore).
+    """
+
+    def __init__(self, embed_dim: int, num_kinds: int, clean_weight: float = 0.3):
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, num_kinds)
+        self.register_buffer("class_weight", torch.tensor([clean_weight] + [1.0] * (num_kinds - 1)), persistent=False)
+
+    def forward(self, verifier, images, part_boxes, part_kinds) -> torch.Tensor:
+        keep = part_kinds >= 0
+        if not keep.any():
+            return images.sum() * 0.0
+        batch_index = keep.nonzero(as_tuple=True)[0]
+        emb = verifier.embed_boxes(images, part_boxes[keep].to(images.dtype), batch_index)
+        return F.cross_entropy(self.linear(emb * 8.0), part_kinds[keep], weight=self.class_weight)

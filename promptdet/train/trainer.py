@@ -40,6 +40,7 @@ class TrainArgs:
     type_weights: dict = field(default_factory=dict)  # e.g. {"defect": 2}: asked twice as often (synthetic)
     native_crop: float = 0.0  # share of synthetic images seen as an imgsz window at their own resolution
     defect_probe: float = 0.0  # weight of the DefectProbe loss (synthetic scenes; 0 = off), see train.loss
+    train_only: list = field(default_factory=list)  # top-level modules to train (e.g. ["verifier"]); the rest is frozen
     val_imgsz: int = 0  # validation (and deployment) size; 0 = imgsz. With native_crop: the scenes' own size
     lr: float = 2e-3
     prompt_lr_mult: float = 1.0  # LR multiplier for the prompt side (text projection, similarity, reasoner)
@@ -114,14 +115,21 @@ class Trainer:
             if self.main and (missing or unexpected):
                 print(f"initial weights: {len(missing)} missing and {len(unexpected)} unexpected tensors",
                       file=sys.stderr)
+        self._freeze_all_but(args.train_only)
         self.ema = ModelEMA(self.model, decay=args.ema_decay)
-        self.loss = PromptDetLoss(model_cfg.reg_max)
-        self.probe = None
+        # Stage 1's losses (assignment over every anchor) only matter while the trunk or head learn.
+        self.loss = PromptDetLoss(model_cfg.reg_max,
+                                  dense=not args.train_only or bool({"backbone", "neck", "head", "text_proj",
+                                                                      "similarity"} & set(args.train_only)))
+        self.probe, self.probe_on_crops = None, False
         if args.defect_probe > 0:
             from promptdet.data.dataset import DEFECT_KINDS
-            from promptdet.train.loss import DefectProbe
+            from promptdet.train.loss import CropDefectProbe, DefectProbe
 
-            self.probe = DefectProbe(model_cfg.embed_dim, len(DEFECT_KINDS)).to(self.device)
+            # A verifier trained alone learns the kinds from its crops; otherwise the region embeddings do.
+            self.probe_on_crops = args.train_only == ["verifier"]
+            probe_cls = CropDefectProbe if self.probe_on_crops else DefectProbe
+            self.probe = probe_cls(model_cfg.embed_dim, len(DEFECT_KINDS)).to(self.device)
         self.optimizer = self._optimizer()
         self.start_epoch, self.best_fitness = 0, -1.0
 
@@ -146,6 +154,26 @@ class Trainer:
             self._resume()
 
     # ---- setup ----
+    def _freeze_all_but(self, names: list[str]) -> None:
+        """Train only the named top-level modules (a stage added to a trained model); freeze the rest."""
+        if not names:
+            return
+        children = dict(self.model.named_children())
+        for name in names:
+            if children.get(name) is None:
+                present = ", ".join(n for n, c in children.items() if c is not None)
+                raise UsageError(f"--train-only: the model has no module '{name}' (it has: {present})")
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.split(".")[0] in names)
+
+    def _set_train_mode(self, model) -> None:
+        """model.train(), but frozen modules stay in eval mode (their BatchNorm statistics stay as they were)."""
+        model.train()
+        if self.args.train_only:
+            for name, child in self._raw_model().named_children():
+                if name not in self.args.train_only:
+                    child.eval()
+
     def _augment(self):
         from promptdet.data.transforms import InstructionAugment
 
@@ -285,7 +313,7 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             if isinstance(self.loader.sampler, DistributedSampler):
                 self.loader.sampler.set_epoch(epoch)
-            model.train()
+            self._set_train_mode(model)
             sums: dict[str, float] = {}
             t0, seen = time.perf_counter(), 0
             bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", disable=not (self.progress and self.main),
@@ -301,8 +329,11 @@ class Trainer:
                 targets = targets.to(self.device)
                 loss, items = self.loss(out, targets, images.shape[2:])  # float32 (see the loss)
                 if self.probe is not None and targets.part_boxes is not None:
-                    probe_loss = self.probe(out.region_embeds, out.anchor_points * out.stride_tensor,
-                                            targets.part_boxes, targets.part_kinds)
+                    if self.probe_on_crops:
+                        probe_loss = self.probe(self._raw_model().verifier, images, targets.part_boxes, targets.part_kinds)
+                    else:
+                        probe_loss = self.probe(out.region_embeds, out.anchor_points * out.stride_tensor,
+                                                targets.part_boxes, targets.part_kinds)
                     loss = loss + probe_loss * self.args.defect_probe * images.shape[0]  # scaled as the loss is
                     items["probe"] = float(probe_loss.detach())
                 self.optimizer.zero_grad(set_to_none=True)
