@@ -67,18 +67,18 @@ class CropVerifier(nn.Module):
     def embed_boxes(self, images: torch.Tensor, boxes_xyxy: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W], boxes_xyxy [N, 4] (input pixels), batch_index [N] -> unit embeddings [N, D].
 
-        Each box grows by a margin of context (a crack starts at the rim). In training, a box that
-        several prompts share is embedded once.
+        Each box grows by a margin of context (a crack starts at the rim). A box that several prompts
+        share is embedded once.
         """
         lo = torch.minimum(boxes_xyxy[:, :2], boxes_xyxy[:, 2:])
         hi = torch.maximum(boxes_xyxy[:, :2], boxes_xyxy[:, 2:])
         pad = (hi - lo) * self.context + 2.0
         # Where to look is stage 1's business: no gradient flows back into the boxes from here.
         rois = torch.cat([batch_index.to(lo.dtype).unsqueeze(1), lo - pad, hi + pad], 1).detach()
-        if self.training:
-            uniq, inverse = torch.unique(rois, dim=0, return_inverse=True)
-            return self.embed_crops(roi_align(images, uniq, self.crop, 1.0, 2, False))[inverse]
-        return self.embed_crops(roi_align(images, rois, self.crop, 1.0, 2, False))
+        # Prompts of one image share most of their best candidates: embed each distinct box once (an ONNX
+        # Unique in the exported graph). Measured at 8 prompts: 64 crops cost 17 ms on a 2-core CPU.
+        uniq, inverse = torch.unique(rois, dim=0, return_inverse=True)
+        return self.embed_crops(roi_align(images, uniq, self.crop, 1.0, 2, False))[inverse]
 
     def forward(self, images, boxes_xyxy, cand_logits, pooled, tokens, token_mask) -> torch.Tensor:
         b, k, m = cand_logits.shape
