@@ -39,7 +39,7 @@ class CropVerifier(nn.Module):
         super().__init__()
         self.top_k, self.crop, self.context = top_k, crop, context
         # Full resolution first, then three stride-2 stages: a 1-px line survives the first layer.
-        # About 14 M multiply-adds per 48 px crop (the n trunk at 640: about 4 G).
+        # About 14 M multiply-adds per 48 px crop (counted from the layer shapes).
         self.cnn = nn.Sequential(Conv(3, 16, 3, 1), Conv(16, 32, 3, 2), Conv(32, 64, 3, 2), Conv(64, 64, 3, 1),
                                  Conv(64, 128, 3, 2))
         self.crop_out = nn.Linear(2 * 128, embed_dim)
