@@ -68,15 +68,16 @@ def test_the_score_depends_on_what_is_in_the_crop():
     """Two images that differ only inside one candidate's box: that candidate's delta differs."""
     v = CropVerifier(TEXT_DIM, 32, top_k=1, crop=16).eval()
     torch.nn.init.normal_(v.gain_offset.weight, std=0.5)
-    boxes = torch.tensor([[[[8.0, 8.0, 24.0, 24.0]]], [[[8.0, 8.0, 24.0, 24.0]]]])  # [B=2, K=1, M=1, 4]
+    boxes = torch.tensor([[[8.0, 8.0, 24.0, 24.0]], [[8.0, 8.0, 24.0, 24.0]]])  # [B=2, A=1, 4]
+    cand_idx = torch.zeros(2, 1, 1, dtype=torch.long)  # [B, K=1, M=1]: the one anchor
     images = torch.rand(1, 3, 40, 40).repeat(2, 1, 1, 1)
     images[1, :, 12:20, 12:20] = 0.0  # a dark mark inside the box of image 1 only
     pooled, tokens, mask = prompts(1)
     with torch.no_grad():
-        out = v(images, boxes, torch.zeros(2, 1, 1), pooled, tokens, mask)
+        out = v(images, boxes, cand_idx, torch.zeros(2, 1, 1), pooled, tokens, mask)
         far = images.clone()
         far[:, :, 34:, 34:] = 1.0  # a change well outside the box (and its context margin)
-        out_far = v(far, boxes, torch.zeros(2, 1, 1), pooled, tokens, mask)
+        out_far = v(far, boxes, cand_idx, torch.zeros(2, 1, 1), pooled, tokens, mask)
     assert (out[0] - out[1]).abs().max() > 1e-4
     assert torch.allclose(out, out_far, atol=1e-6)
 
@@ -85,7 +86,7 @@ def test_prompts_stay_independent_with_the_verifier():
     model = verifier_model(seed=1).eval()
     torch.nn.init.normal_(model.reasoner.out.weight, std=0.05)
     torch.nn.init.normal_(model.verifier.gain_offset.weight, std=0.5)
-    torch.nn.init.normal_(model.verifier.words.out.weight, std=0.05)
+    torch.nn.init.normal_(model.verifier.prompt.words.out.weight, std=0.05)
     x = torch.rand(1, 3, 64, 64)
     pooled, tokens, mask = prompts(4, t=7, seed=3)
     with torch.no_grad():
@@ -124,7 +125,7 @@ def test_loss_without_the_dense_stage_has_no_box_terms_and_still_trains_the_veri
     boxes = torch.tensor([[[[8.0, 10.0, 30.0, 40.0]], [[0.0, 0.0, 0.0, 0.0]]]])
     mask = torch.tensor([[[True], [False]]])
     t = PromptTargets(boxes, mask, boxes.clone(), mask.clone(), torch.ones(1, 2, dtype=torch.bool))
-    loss, items = PromptDetLoss(1, dense=False)(out, t, (64, 64))
+    loss, items = PromptDetLoss(1)(out, t, (64, 64))
     assert items["box"] == items["cls"] == items["dfl"] == 0.0 and items["reason"] > 0
     loss.backward()
     assert model.verifier.gain_offset.weight.grad.abs().sum() > 0

@@ -55,12 +55,10 @@ def synth(
     from promptdet.data.synth.generate import synthesize
     from promptdet.data.synth.render import DefectMix
 
-    mix = None
-    if defect_rate is not None or defect_weights:
-        try:
-            mix = DefectMix.parse(defect_rate, defect_weights)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--defect-rate/--defect-weights") from None
+    try:
+        mix = DefectMix.parse(defect_rate, defect_weights)  # both None: the default draw
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--defect-rate/--defect-weights") from None
     with user_errors():
         t0 = time.perf_counter()
         report = synthesize(out, num, seed=seed, size_wh=size, workers=workers, instruct=instruct,

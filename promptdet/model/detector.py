@@ -13,7 +13,7 @@ from torch import nn
 
 from promptdet.config import ModelConfig
 from promptdet.model.backbone import Backbone
-from promptdet.model.fusion import CandidateReasoner, gather_anchors
+from promptdet.model.fusion import CandidateReasoner
 from promptdet.model.head import DetectHead, PromptSimilarity, TextProjection
 from promptdet.model.neck import PanNeck
 from promptdet.model.verify import CropVerifier
@@ -75,5 +75,5 @@ class PromptDetector(nn.Module):
         idx, cand_logits, valid = self.reasoner(dense, region, boxes / scale, level_hw, prompt_vecs, word_feats,
                                                 token_mask)
         if self.verifier is not None:
-            cand_logits = self.verifier(images, gather_anchors(boxes, idx), cand_logits, pooled, tokens, token_mask)
+            cand_logits = self.verifier(images, boxes, idx, cand_logits, pooled, tokens, token_mask)
         return DetectorOutput(box_dist, boxes, dense, idx, cand_logits, valid, anchor_points, stride_tensor, region)

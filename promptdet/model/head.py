@@ -125,18 +125,23 @@ class TextProjection(nn.Module):
     """Pooled sentence embedding [.., Dt] -> prompt vector [.., D], and token features -> [.., T, D].
 
     word_pool_heads > 0 adds ``WordPooling`` of the token features to the prompt vector.
+    project_tokens=False leaves out the token projection, for a user of the prompt vector alone
+    (the crop verifier).
     """
 
-    def __init__(self, text_dim: int, embed_dim: int, word_pool_heads: int = 0):
+    def __init__(self, text_dim: int, embed_dim: int, word_pool_heads: int = 0, project_tokens: bool = True):
         super().__init__()
         self.pooled = nn.Sequential(RowwiseLinear(text_dim, embed_dim * 2), nn.SiLU(),
                                     RowwiseLinear(embed_dim * 2, embed_dim))
-        self.tokens = nn.Linear(text_dim, embed_dim)
+        self.tokens = nn.Linear(text_dim, embed_dim) if project_tokens else None
         self.words = WordPooling(text_dim, embed_dim, word_pool_heads) if word_pool_heads else None
 
-    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor,
-                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def vector(self, pooled: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         prompt = self.pooled(pooled)
         if self.words is not None:
             prompt = prompt + self.words(tokens, token_mask)
-        return prompt, self.tokens(tokens)
+        return prompt
+
+    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor,
+                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vector(pooled, tokens, token_mask), self.tokens(tokens)

@@ -21,7 +21,8 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from promptdet.model._ultralytics import Conv
-from promptdet.model.head import RowwiseLinear, WordPooling
+from promptdet.model.fusion import gather_anchors
+from promptdet.model.head import RowwiseLinear, TextProjection
 
 INIT_GAIN = 0.1  # x 10: the cosine moves a logit by at most 1 at the start
 
@@ -29,8 +30,8 @@ INIT_GAIN = 0.1  # x 10: the cosine moves a logit by at most 1 at the start
 class CropVerifier(nn.Module):
     """Rescore the top ``top_k`` candidates of every prompt from a ``crop`` x ``crop`` cut of the image.
 
-    images [B, 3, H, W] (0-1), boxes_xyxy [B, K, M, 4] candidate boxes (input pixels),
-    cand_logits [B, K, M], pooled [B|1, K, Dt], tokens [B|1, K, T, Dt], token_mask [B|1, K, T]
+    images [B, 3, H, W] (0-1), boxes_xyxy [B, A, 4] every anchor's box (input pixels), cand_idx [B, K, M]
+    the candidates' anchors, cand_logits [B, K, M], pooled [B|1, K, Dt], tokens [B|1, K, T, Dt], token_mask [B|1, K, T]
     -> cand_logits [B, K, M] with ``gain * cos(crop, prompt) + offset`` added to the top ``top_k``.
     """
 
@@ -43,8 +44,7 @@ class CropVerifier(nn.Module):
         self.cnn = nn.Sequential(Conv(3, 16, 3, 1), Conv(16, 32, 3, 2), Conv(32, 64, 3, 2), Conv(64, 64, 3, 1),
                                  Conv(64, 128, 3, 2))
         self.crop_out = nn.Linear(2 * 128, embed_dim)
-        self.text = nn.Sequential(RowwiseLinear(text_dim, 2 * embed_dim), nn.SiLU(), RowwiseLinear(2 * embed_dim, embed_dim))
-        self.words = WordPooling(text_dim, embed_dim, word_pool_heads) if word_pool_heads else None
+        self.prompt = TextProjection(text_dim, embed_dim, word_pool_heads, project_tokens=False)  # its own weights
         # gain and offset per prompt: a prompt the crop cannot judge (a position, a count) can learn to stay out of it.
         # The gain starts small but not at zero: at zero neither the CNN nor the prompt side get a gradient, and the
         # gain's own gradient (through a random cosine) has no sign to follow (measured: an epoch left it at 0.002).
@@ -57,12 +57,6 @@ class CropVerifier(nn.Module):
         x = self.cnn(crops)
         x = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
         return F.normalize(self.crop_out(x), dim=-1)
-
-    def prompt_vectors(self, pooled, tokens, token_mask) -> torch.Tensor:
-        v = self.text(pooled)
-        if self.words is not None:
-            v = v + self.words(tokens, token_mask)
-        return v
 
     def embed_boxes(self, images: torch.Tensor, boxes_xyxy: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W], boxes_xyxy [N, 4] (input pixels), batch_index [N] -> unit embeddings [N, D].
@@ -80,15 +74,15 @@ class CropVerifier(nn.Module):
         uniq, inverse = torch.unique(rois, dim=0, return_inverse=True)
         return self.embed_crops(roi_align(images, uniq, self.crop, 1.0, 2, False))[inverse]
 
-    def forward(self, images, boxes_xyxy, cand_logits, pooled, tokens, token_mask) -> torch.Tensor:
+    def forward(self, images, boxes_xyxy, cand_idx, cand_logits, pooled, tokens, token_mask) -> torch.Tensor:
         b, k, m = cand_logits.shape
         r = min(self.top_k, m)
         top = cand_logits.topk(r, dim=2).indices  # [B, K, R]
-        sel = torch.gather(boxes_xyxy, 2, top.unsqueeze(-1).expand(b, k, r, 4))
+        sel = gather_anchors(boxes_xyxy, torch.gather(cand_idx, 2, top))  # [B, K, R, 4]
         batch_index = torch.arange(b, device=sel.device).reshape(b, 1, 1).expand(b, k, r).reshape(-1)
         emb = self.embed_boxes(images, sel.reshape(b * k * r, 4), batch_index)
         emb = emb.reshape(b, k, r, self.crop_out.out_features)
-        v = self.prompt_vectors(pooled, tokens, token_mask)  # [B|1, K, D]
+        v = self.prompt.vector(pooled, tokens, token_mask)  # [B|1, K, D]
         cos = (emb * F.normalize(v, dim=-1).unsqueeze(2)).sum(-1)  # [B, K, R]
         gain, offset = self.gain_offset(v).unbind(-1)  # [B|1, K] each
         delta = gain.unsqueeze(-1) * 10.0 * cos + offset.unsqueeze(-1) * 10.0

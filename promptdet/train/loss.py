@@ -62,14 +62,13 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 class PromptDetLoss:
     """Weights follow YOLO's defaults (box 7.5, cls 0.5, dfl 1.5); ``reason`` weighs stage 2.
 
-    ``dense=False`` skips stage 1 (assignment, BCE, box losses): for a run that trains only the
-    later stages (``--train-only verifier``), where those losses have no gradient to give.
+    Stage 1 (assignment over every anchor, BCE, box losses) is skipped when its outputs carry no
+    gradient: a run that trains only later stages (``--train-only verifier``) gains nothing from it.
     """
 
     def __init__(self, reg_max: int = 16, box: float = 7.5, cls: float = 0.5, dfl: float = 1.5,
-                 reason: float = 1.0, topk: int = 10, dense: bool = True):
+                 reason: float = 1.0, topk: int = 10):
         self.reg_max = reg_max
-        self.dense = dense
         self.weights = {"box": box, "cls": cls, "dfl": dfl, "reason": reason}
         self.assigner = TaskAlignedAssigner(topk=topk, num_classes=1, alpha=0.5, beta=6.0)
         self.bbox_loss = BboxLoss(reg_max)
@@ -82,7 +81,7 @@ class PromptDetLoss:
         anchors_px = out.anchor_points * out.stride_tensor
 
         loss_cls = loss_box = loss_dfl = out.box_dist.sum() * 0.0
-        if self.dense:
+        if out.dense_logits.requires_grad or out.box_dist.requires_grad:
             loss_cls, loss_box, loss_dfl = self._dense(out, t, imgsz_hw)
 
         # ---- stage 2: the answer, scored at each candidate ----
@@ -176,18 +175,13 @@ class DefectProbe(nn.Module):
         return F.cross_entropy(logits, part_kinds[keep], weight=self.class_weight)
 
 
-class CropDefectProbe(nn.Module):
+class CropDefectProbe(DefectProbe):
     """DefectProbe for the crop verifier: each part's defect kind read from the verifier's embedding
     of the part's crop, so a verifier trained alone learns what tells the kinds apart from labels as
     well as from the prompts. A training aid, never exported.
 
     verifier: the model's CropVerifier; images [B, 3, H, W]; part_boxes [B, N, 4]; part_kinds [B, N] (-1 = ignore).
     """
-
-    def __init__(self, embed_dim: int, num_kinds: int, clean_weight: float = 0.3):
-        super().__init__()
-        self.linear = nn.Linear(embed_dim, num_kinds)
-        self.register_buffer("class_weight", torch.tensor([clean_weight] + [1.0] * (num_kinds - 1)), persistent=False)
 
     def forward(self, verifier, images, part_boxes, part_kinds) -> torch.Tensor:
         keep = part_kinds >= 0

@@ -117,10 +117,7 @@ class Trainer:
                       file=sys.stderr)
         self._freeze_all_but(args.train_only)
         self.ema = ModelEMA(self.model, decay=args.ema_decay)
-        # Stage 1's losses (assignment over every anchor) only matter while the trunk or head learn.
-        self.loss = PromptDetLoss(model_cfg.reg_max,
-                                  dense=not args.train_only or bool({"backbone", "neck", "head", "text_proj",
-                                                                      "similarity"} & set(args.train_only)))
+        self.loss = PromptDetLoss(model_cfg.reg_max)
         self.probe, self.probe_on_crops = None, False
         if args.defect_probe > 0:
             from promptdet.data.dataset import DEFECT_KINDS
