@@ -146,6 +146,21 @@ def test_defect_rate_and_categories(tmp_path):
     assert parts and all(p["category"] == "bottle" and p["defect"] for p in parts)
 
 
+def test_defect_weights_pick_the_kind_and_none_keeps_old_videos(tmp_path, video):
+    path, report = video
+    same = render_conveyor(tmp_path / "same.mp4", seconds=2, fps=10, size_wh=SMALL, seed=3, defect_weights=None)
+    assert same.gt.read_text() == report.gt.read_text()  # no weights: the draw older videos were made with
+    caps = render_conveyor(tmp_path / "caps.mp4", seconds=3, size_wh=SMALL, defect_rate=1.0,
+                           categories=["bottle", "can"], defect_weights="missing_cap=1,dent=0,scratch=0,stain=0,crack=0")
+    parts = {p["id"]: p for r in read_gt(caps.video) for p in r["parts"]}
+    assert parts and all(p["defect"] == "missing_cap" for p in parts.values() if p["category"] == "bottle")
+    assert all(p["defect"] is None for p in parts.values() if p["category"] == "can")  # every kind it has weighs 0
+    assert any(p["category"] == "bottle" for p in parts.values())
+    with pytest.raises(ValueError, match="unknown defect kind"):
+        render_frame_scenes(tmp_path / "f", videos=1, seconds=1, size_wh=SMALL, defect_weights="rust=2")
+    assert not (tmp_path / "f").exists()  # checked before anything is written
+
+
 def test_avi_path_writes_mjpg(tmp_path):
     report = render_conveyor(tmp_path / "line.avi", seconds=0.5, fps=10, size_wh=SMALL)
     assert report.codec == "MJPG" and report.gt == tmp_path / "line.gt.jsonl"
@@ -169,6 +184,7 @@ def test_cli_writes_video_and_summary(tmp_path):
     (["--defect-rate", "1.5"], "defect rate"),
     (["--categories", "spoon"], "unknown categories"),
     (["--categories", "screw,bolt"], "can carry a defect"),
+    (["--defect-weights", "crack"], "KIND=NUMBER"),
 ])
 def test_cli_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
     out = tmp_path / "line.mp4"
@@ -226,6 +242,8 @@ def test_frame_scenes_train_source_loads(tmp_path):
     (["--videos", "0"], "--videos"),
     (["--every", "0"], "--every"),
     (["--size", "321x240"], "even"),
+    (["--defect-rate", "2"], "defect rate"),
+    (["--defect-weights", "dent=-1"], "defect weight"),
 ])
 def test_frames_cli_bad_arguments_exit_2(tmp_path, args, needle):
     res = runner.invoke(app, ["data", "synth-frames", "--out", str(tmp_path / "f"), *args])

@@ -26,6 +26,10 @@ PerImageOpt = Annotated[int, typer.Option("--per-image", min=1, help="Instructio
 AbsentRateOpt = Annotated[float, typer.Option("--absent-rate", min=0.0, max=0.95,
                                               help="Share of instructions whose target is absent (empty boxes).")]
 SceneOutOpt = Annotated[Path, typer.Option("--out", help="Output folder for images/, scenes.jsonl, instructions.jsonl.")]
+DefectWeightsOpt = Annotated[str, typer.Option("--defect-weights",
+                                               help="Relative weights of defect kinds, e.g. 'missing_cap=4,crack=2' "
+                                                    "(1 for a kind not named), to balance rare kinds.")]
+VideoDefectRateOpt = Annotated[float, typer.Option("--defect-rate", help="Probability that a part is defective, 0 to 1.")]
 InstructOpt = Annotated[bool, typer.Option("--instruct/--no-instruct", help="Also write instructions.jsonl.")]
 
 
@@ -47,9 +51,7 @@ def synth(
     absent_rate: AbsentRateOpt = 0.2,
     defect_rate: float = typer.Option(None, "--defect-rate", min=0.0, max=1.0,
                                       help="Share of damaged parts (default 0.25; screws and bolts never are)."),
-    defect_weights: str = typer.Option(None, "--defect-weights",
-                                       help="Relative weights of defect kinds, e.g. 'missing_cap=4,crack=2' "
-                                            "(1 for a kind not named), to balance rare kinds."),
+    defect_weights: DefectWeightsOpt = None,
 ) -> None:
     """Render synthetic conveyor-belt scenes with exact boxes, and instructions for them."""
     from promptdet.data.synth.generate import synthesize
@@ -77,13 +79,15 @@ def synth_video(
     fps: float = typer.Option(10.0, "--fps", help="Frames per second."),
     size: str = typer.Option("640x480", "--size", help="Frame size WIDTHxHEIGHT (both even)."),
     seed: SeedOpt = 0,
-    defect_rate: float = typer.Option(0.25, "--defect-rate", help="Probability that a part is defective, 0 to 1."),
+    defect_rate: VideoDefectRateOpt = 0.25,
     speed: float = typer.Option(None, "--speed", help="Belt speed in pixels per second "
                                                       "(default: a quarter of the frame width)."),
     categories: str = typer.Option(None, "--categories", help="Comma-separated part kinds, e.g. bottle,can "
                                                               "(default: all)."),
+    defect_weights: DefectWeightsOpt = None,
 ) -> None:
     """Render a conveyor-line video (parts enter, pass and leave; some defective) with per-frame ground truth."""
+    from promptdet.data.synth.render import DefectMix
     from promptdet.data.synth.video import check_args, render_conveyor
     from promptdet.errors import UsageError
 
@@ -96,11 +100,13 @@ def synth_video(
         cats = [c.strip() for c in categories.split(",") if c.strip()] if categories is not None else None
         try:
             check_args(out, seconds, fps, size_wh, defect_rate, speed, cats)
+            DefectMix.parse(None, defect_weights)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         t0 = time.perf_counter()
         report = render_conveyor(out, seconds=seconds, fps=fps, size_wh=size_wh, seed=seed,
-                                 defect_rate=defect_rate, speed_px_per_s=speed, categories=cats)
+                                 defect_rate=defect_rate, speed_px_per_s=speed, categories=cats,
+                                 defect_weights=defect_weights)
         dt = time.perf_counter() - t0
     typer.echo(f"{report.summary()} in {dt:.1f} s", err=True)
 
@@ -117,6 +123,8 @@ def synth_frames(
     split: SplitOpt = "train",
     per_image: PerImageOpt = 6,
     absent_rate: AbsentRateOpt = 0.2,
+    defect_rate: VideoDefectRateOpt = 0.25,
+    defect_weights: DefectWeightsOpt = None,
 ) -> None:
     """Render conveyor videos and keep frames as training scenes, so the model learns the line camera's look."""
     from promptdet.data.synth.video import render_frame_scenes
@@ -126,7 +134,8 @@ def synth_frames(
         t0 = time.perf_counter()
         try:  # its ValueErrors are bad arguments (checked before anything is written), not failures
             report = render_frame_scenes(out, videos=videos, seconds=seconds, seed=seed, every=every, size_wh=size,
-                                         instruct=instruct, split=split, per_image=per_image, absent_rate=absent_rate)
+                                         instruct=instruct, split=split, per_image=per_image, absent_rate=absent_rate,
+                                         defect_rate=defect_rate, defect_weights=defect_weights)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         dt = time.perf_counter() - t0

@@ -127,15 +127,18 @@ def check_args(out_path, seconds, fps, size_wh, defect_rate, speed_px_per_s, cat
 def render_conveyor(out_path: str | os.PathLike, seconds: float = 20.0, fps: float = DEFAULT_FPS,
                     size_wh: tuple[int, int] = (640, 480), seed: int = 0,
                     defect_rate: float = DEFAULT_DEFECT_RATE, speed_px_per_s: float | None = None,
-                    categories=None) -> VideoReport:
+                    categories=None, defect_weights: str | None = None) -> VideoReport:
     """Render a conveyor video and its per-frame ground truth (see the module docstring).
 
     ``defect_rate`` is the probability that a part is defective (parts that cannot carry a defect,
     screws and bolts, are then never picked). ``speed_px_per_s`` defaults to a quarter of the frame
     width per second. ``categories`` limits the parts to some of ``vocab.CATEGORIES``.
+    ``defect_weights`` ("missing_cap=4,crack=2", 1 for a kind not named) weights the kinds a
+    defective part picks among, as ``data synth --defect-weights`` does; None is the uniform draw.
     """
     out_path, num_frames, (W, H), cats = check_args(out_path, seconds, fps, size_wh, defect_rate,
                                                     speed_px_per_s, categories)
+    kind_weights = dict(R.DefectMix.parse(None, defect_weights).weights)
     speed = float(speed_px_per_s) if speed_px_per_s is not None else W / 4.0
     scene_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(scene_ss)
@@ -157,7 +160,7 @@ def render_conveyor(out_path: str | os.PathLike, seconds: float = 20.0, fps: flo
     right = rng.uniform(0.3, 0.8) * W  # right edge of the first part at t = 0
     misses = 0
     while True:
-        part = _make_part(rng, cats, defect_rate, light, px, by0, by1)
+        part = _make_part(rng, cats, defect_rate, light, px, by0, by1, kind_weights)
         if part is None:
             misses += 1
             if misses > 1000:
@@ -223,12 +226,14 @@ def read_gt(path: str | os.PathLike) -> list[dict]:
 def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: float = 40.0, seed: int = 100,
                         every: int = 4, size_wh: tuple[int, int] = (640, 480), instruct: bool = True,
                         split: str = "train", per_image: int = 6, absent_rate: float = 0.2,
-                        progress: bool | None = None):
+                        progress: bool | None = None, defect_rate: float = DEFAULT_DEFECT_RATE,
+                        defect_weights: str | None = None):
     """Render ``videos`` conveyor videos (seeds ``seed``, ``seed + 1``, ...) and keep frames as scenes.
 
     Every ``every``-th frame is kept when each part in it is fully in view. A part cut by the frame
     edge may have its defect outside the frame, so its label would be a guess; such frames are
-    left out rather than guessed. Frames are decoded from the written video, codec artefacts
+    left out rather than guessed. ``defect_rate`` and ``defect_weights`` are ``render_conveyor``'s,
+    to render a defect-heavy set. Frames are decoded from the written video, codec artefacts
     included, and stored as JPEG at quality 95. Returns a ``generate.SynthReport``.
     """
     from promptdet.data.synth.generate import _progress, write_scene_set
@@ -239,13 +244,15 @@ def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: f
     if every < 1:
         raise ValueError(f"every must be at least 1, got {every}")
     out = Path(out_dir)
-    check_args(out / "line.mp4", seconds, DEFAULT_FPS, size_wh, DEFAULT_DEFECT_RATE, None, None)
+    check_args(out / "line.mp4", seconds, DEFAULT_FPS, size_wh, defect_rate, None, None)
+    R.DefectMix.parse(None, defect_weights)  # a bad weight string fails here, before any rendering
     (out / "images").mkdir(parents=True, exist_ok=True)
     scenes: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="promptdet_frames_") as tmp, \
             _progress(videos, "videos", progress) as bar:
         for k in range(videos):
-            report = render_conveyor(Path(tmp) / "line.mp4", seconds=seconds, size_wh=size_wh, seed=seed + k)
+            report = render_conveyor(Path(tmp) / "line.mp4", seconds=seconds, size_wh=size_wh, seed=seed + k,
+                                     defect_rate=defect_rate, defect_weights=defect_weights)
             W, H = report.size_wh
             cap = cv2.VideoCapture(str(report.video))
             try:
@@ -275,7 +282,7 @@ def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: f
 
 # ---------------------------------------------------------------- parts
 
-def _make_part(rng, cats, defect_rate, light, px, by0, by1):
+def _make_part(rng, cats, defect_rate, light, px, by0, by1, kind_weights=None):
     """Sample, draw (once) and place one part vertically; None if it does not fit the belt."""
     defective = defect_rate > 0 and rng.random() < defect_rate
     pool = [c for c in cats if DEFECTS_BY_CATEGORY[c]] if defective else list(cats)
@@ -286,7 +293,11 @@ def _make_part(rng, cats, defect_rate, light, px, by0, by1):
     defect = None
     if defective:
         choices = DEFECTS_BY_CATEGORY[category]
-        defect = choices[int(rng.integers(len(choices)))]
+        if kind_weights:  # weighted; without weights the one uniform draw older videos were made with
+            w = np.array([kind_weights.get(k, 1.0) for k in choices], np.float64)
+            defect = choices[int(rng.choice(len(choices), p=w / w.sum()))] if w.sum() > 0 else None
+        else:
+            defect = choices[int(rng.integers(len(choices)))]
     spec = {"category": category, "color": color, "size": float(rng.uniform(lo * 0.92, hi * 1.08) * px),
             "defect": defect, "angle": float(rng.uniform(0.0, 360.0))}
     rgba, mask, box = R._render_part(rng, spec, light, px)
