@@ -8,6 +8,11 @@ the other frames (target <= 5%). A frame is defective when a defective part is f
 
     python benchmarks/line_throughput.py --export export/promptdet-n      # an existing dynamic export
     python benchmarks/line_throughput.py                                   # exports the bundled model first
+    python benchmarks/line_throughput.py --export DIR --imgsz 640 --seed 0 1 2 3  # one video per seed, pooled
+
+With several seeds, each video is judged on its own and the coverage figures are also pooled
+over all their frames (a 20 s video holds about a dozen parts, so one part moves a single video's
+figure by several points). fps and latency are per video.
 
 The export must be ``--dynamic`` to run at several sizes. Sinks write to a temporary folder.
 """
@@ -41,6 +46,7 @@ def frame_scores(records: list[dict], gt_path: Path) -> dict:
     hit = sum(fail.get(f, False) for f in bad)
     false = sum(fail.get(f, False) for f in good)
     return {"frames": len(truth), "judged": len(fail), "defective_frames": len(bad), "clean_frames": len(good),
+            "fail_on_defective_frames": hit, "fail_on_clean_frames": false,
             "fail_on_defective": hit / max(len(bad), 1), "fail_on_clean": false / max(len(good), 1)}
 
 
@@ -50,7 +56,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "line.example.yaml"))
     ap.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, nargs="+", default=[0], help="video seeds (several: figures also pooled)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
@@ -72,8 +78,11 @@ def main() -> None:
         export = str(work / "export")
         print("exporting the bundled model (dynamic) ...", file=sys.stderr)
         export_model(promptdet.load(), export, dynamic=True, verify=False, log=lambda s: print(s, file=sys.stderr))
-    video = render_conveyor(work / "line.mp4", seconds=args.seconds, seed=args.seed)
-    print(f"video: {video.num_frames} frames, {video.num_defective_frames} defective", file=sys.stderr)
+    videos = []
+    for seed in args.seed:
+        video = render_conveyor(work / f"line{seed}.mp4", seconds=args.seconds, seed=seed)
+        print(f"video seed {seed}: {video.num_frames} frames, {video.num_defective_frames} defective", file=sys.stderr)
+        videos.append((seed, video))
     recipe = load_recipe(args.config)
     model = OnnxModel(export, providers="cpu", threads=args.threads)
     rows = []
@@ -82,24 +91,33 @@ def main() -> None:
         conf = min([r.model.conf, *[c.conf for c in r.checks if c.conf is not None]])
         predictor = model.predictor(r.prompts, conf=conf, imgsz=size)
         predictor(np.zeros((480, 640, 3), np.uint8))  # warm-up: session, prompt embeddings
-        out = work / f"r{size}.jsonl"
-        stats = LineStats()
-        source = OpenCvSource(str(video.video))
-        stats.source = source.stats
-        run_line(source.frames(), Inspector(r, predictor), [JsonlSink(out)], threading.Event(), stats)
-        records = [json.loads(line) for line in out.read_text().splitlines()]
-        infer = np.asarray(stats.latency["infer"])
-        row = {"imgsz": size, "fps": stats.fps(), "p50_ms": stats.percentiles("total")[0],
-               "p99_ms": stats.percentiles("total")[2], "infer_p50_ms": float(np.median(infer)),
-               "checks": len(r.checks), **frame_scores(records, video.gt)}
-        rows.append(row)
-        print(f"imgsz {size}: {row['fps']:.1f} fps", file=sys.stderr)
+        for seed, video in videos:
+            out = work / f"r{size}_{seed}.jsonl"
+            stats = LineStats()
+            source = OpenCvSource(str(video.video))
+            stats.source = source.stats
+            run_line(source.frames(), Inspector(r, predictor), [JsonlSink(out)], threading.Event(), stats)
+            records = [json.loads(line) for line in out.read_text().splitlines()]
+            infer = np.asarray(stats.latency["infer"])
+            row = {"imgsz": size, "seed": seed, "fps": stats.fps(), "p50_ms": stats.percentiles("total")[0],
+                   "p99_ms": stats.percentiles("total")[2], "infer_p50_ms": float(np.median(infer)),
+                   "checks": len(r.checks), **frame_scores(records, video.gt)}
+            rows.append(row)
+            print(f"imgsz {size} seed {seed}: {row['fps']:.1f} fps", file=sys.stderr)
 
-    print(f"{'imgsz':>5} {'checks':>6} {'fps':>6} {'p50 ms':>7} {'p99 ms':>7} {'infer p50':>9} "
+    print(f"{'imgsz':>5} {'seed':>5} {'checks':>6} {'fps':>6} {'p50 ms':>7} {'p99 ms':>7} {'infer p50':>9} "
           f"{'FAIL|defective':>14} {'FAIL|clean':>10}")
     for row in rows:
-        print(f"{row['imgsz']:>5} {row['checks']:>6} {row['fps']:>6.1f} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
-              f"{row['infer_p50_ms']:>9.1f} {row['fail_on_defective']:>14.1%} {row['fail_on_clean']:>10.1%}")
+        print(f"{row['imgsz']:>5} {row['seed']:>5} {row['checks']:>6} {row['fps']:>6.1f} {row['p50_ms']:>7.1f} "
+              f"{row['p99_ms']:>7.1f} {row['infer_p50_ms']:>9.1f} {row['fail_on_defective']:>14.1%} "
+              f"{row['fail_on_clean']:>10.1%}")
+    if len(videos) > 1:
+        for size in args.imgsz:
+            sel = [row for row in rows if row["imgsz"] == size]
+            hit, bad = (sum(row[k] for row in sel) for k in ("fail_on_defective_frames", "defective_frames"))
+            false, good = (sum(row[k] for row in sel) for k in ("fail_on_clean_frames", "clean_frames"))
+            print(f"pooled over {len(sel)} videos at {size}: FAIL on {hit} of {bad} defective frames "
+                  f"({hit / max(bad, 1):.1%}) and on {false} of {good} others ({false / max(good, 1):.1%})")
     print("targets: >= 25 fps at 320 with 3 checks; FAIL on >= 90% of defective frames and <= 5% of the others")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
