@@ -163,6 +163,14 @@ class DefectMix:
         """The defect of a part that can carry one of ``choices``, or None."""
         if rng.random() >= self.rate / _ELIGIBLE:
             return None
+        return self.choose(rng, choices)
+
+    def choose(self, rng, choices: tuple[str, ...]) -> str | None:
+        """The kind of a part known to be damaged, among ``choices``, by ``weights`` (None: all weigh 0).
+
+        The conveyor video decides "damaged" its own way (then picks a category that can be) and
+        asks only this.
+        """
         if not self.weights:  # uniform: the one draw every data set before DefectMix was made with
             return choices[int(rng.integers(len(choices)))]
         given = dict(self.weights)

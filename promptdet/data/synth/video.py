@@ -138,7 +138,7 @@ def render_conveyor(out_path: str | os.PathLike, seconds: float = 20.0, fps: flo
     """
     out_path, num_frames, (W, H), cats = check_args(out_path, seconds, fps, size_wh, defect_rate,
                                                     speed_px_per_s, categories)
-    kind_weights = dict(R.DefectMix.parse(None, defect_weights).weights)
+    kinds = R.DefectMix.parse(None, defect_weights)  # only its kind weights are used here
     speed = float(speed_px_per_s) if speed_px_per_s is not None else W / 4.0
     scene_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(scene_ss)
@@ -160,7 +160,7 @@ def render_conveyor(out_path: str | os.PathLike, seconds: float = 20.0, fps: flo
     right = rng.uniform(0.3, 0.8) * W  # right edge of the first part at t = 0
     misses = 0
     while True:
-        part = _make_part(rng, cats, defect_rate, light, px, by0, by1, kind_weights)
+        part = _make_part(rng, cats, defect_rate, light, px, by0, by1, kinds)
         if part is None:
             misses += 1
             if misses > 1000:
@@ -282,7 +282,7 @@ def render_frame_scenes(out_dir: str | os.PathLike, videos: int = 20, seconds: f
 
 # ---------------------------------------------------------------- parts
 
-def _make_part(rng, cats, defect_rate, light, px, by0, by1, kind_weights=None):
+def _make_part(rng, cats, defect_rate, light, px, by0, by1, kinds: R.DefectMix):
     """Sample, draw (once) and place one part vertically; None if it does not fit the belt."""
     defective = defect_rate > 0 and rng.random() < defect_rate
     pool = [c for c in cats if DEFECTS_BY_CATEGORY[c]] if defective else list(cats)
@@ -292,12 +292,7 @@ def _make_part(rng, cats, defect_rate, light, px, by0, by1, kind_weights=None):
     lo, hi = R.SIZES[category]
     defect = None
     if defective:
-        choices = DEFECTS_BY_CATEGORY[category]
-        if kind_weights:  # weighted; without weights the one uniform draw older videos were made with
-            w = np.array([kind_weights.get(k, 1.0) for k in choices], np.float64)
-            defect = choices[int(rng.choice(len(choices), p=w / w.sum()))] if w.sum() > 0 else None
-        else:
-            defect = choices[int(rng.integers(len(choices)))]
+        defect = kinds.choose(rng, DEFECTS_BY_CATEGORY[category])
     spec = {"category": category, "color": color, "size": float(rng.uniform(lo * 0.92, hi * 1.08) * px),
             "defect": defect, "angle": float(rng.uniform(0.0, 360.0))}
     rgba, mask, box = R._render_part(rng, spec, light, px)
