@@ -7,8 +7,9 @@ the video's ground truth, the share of defective frames with a FAIL verdict (tar
 the other frames (target <= 5%). A frame is defective when a defective part is fully in view.
 
     python benchmarks/line_throughput.py --export export/promptdet-n      # an existing dynamic export
+                                                                           # (sizes: the recipe's, 640, 320)
     python benchmarks/line_throughput.py                                   # exports the bundled model first
-    python benchmarks/line_throughput.py --export DIR --imgsz 640 --seed 0 1 2 3  # one video per seed, pooled
+    python benchmarks/line_throughput.py --export DIR --imgsz 768 --seed 0 1 2 3  # one video per seed, pooled
 
 With several seeds, each video is judged on its own and the coverage figures are also pooled
 over all their frames (a 20 s video holds about a dozen parts, so one part moves a single video's
@@ -54,7 +55,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", help="a dynamic export folder (default: export the bundled model)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "line.example.yaml"))
-    ap.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
+    ap.add_argument("--imgsz", type=int, nargs="+", default=None,
+                    help="inference sizes (default: the recipe's, 640 and 320)")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--seed", type=int, nargs="+", default=[0], help="video seeds (several: figures also pooled)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
@@ -85,8 +87,9 @@ def main() -> None:
         videos.append((seed, video))
     recipe = load_recipe(args.config)
     model = OnnxModel(export, providers="cpu", threads=args.threads)
+    sizes = args.imgsz or list(dict.fromkeys([recipe.model.imgsz or model.imgsz, 640, 320]))
     rows = []
-    for size in args.imgsz:
+    for size in sizes:
         r = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, imgsz=size))
         conf = min([r.model.conf, *[c.conf for c in r.checks if c.conf is not None]])
         predictor = model.predictor(r.prompts, conf=conf, imgsz=size)
@@ -112,7 +115,7 @@ def main() -> None:
               f"{row['p99_ms']:>7.1f} {row['infer_p50_ms']:>9.1f} {row['fail_on_defective']:>14.1%} "
               f"{row['fail_on_clean']:>10.1%}")
     if len(videos) > 1:
-        for size in args.imgsz:
+        for size in sizes:
             sel = [row for row in rows if row["imgsz"] == size]
             hit, bad = (sum(row[k] for row in sel) for k in ("fail_on_defective_frames", "defective_frames"))
             false, good = (sum(row[k] for row in sel) for k in ("fail_on_clean_frames", "clean_frames"))
