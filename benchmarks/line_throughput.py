@@ -10,6 +10,7 @@ the other frames (target <= 5%). A frame is defective when a defective part is f
                                                                            # (sizes: the recipe's, 640, 320)
     python benchmarks/line_throughput.py                                   # exports the bundled model first
     python benchmarks/line_throughput.py --export DIR --imgsz 768 --seed 0 1 2 3  # one video per seed, pooled
+    python benchmarks/line_throughput.py --export DIR --speed 150          # a belt not tied to the strides
 
 With several seeds, each video is judged on its own and the coverage figures are also pooled
 over all their frames (a 20 s video holds about a dozen parts, so one part moves a single video's
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, nargs="+", default=None,
                     help="inference sizes (default: the recipe's, 640 and 320)")
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--speed", type=float, default=None,
+                    help="belt speed in px/s (default: the video's, 160 = 16 px per frame, a multiple of the strides)")
     ap.add_argument("--seed", type=int, nargs="+", default=[0], help="video seeds (several: figures also pooled)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     ap.add_argument("--out", help="write the figures as JSON here")
@@ -82,7 +85,8 @@ def main() -> None:
         export_model(promptdet.load(), export, dynamic=True, verify=False, log=lambda s: print(s, file=sys.stderr))
     videos = []
     for seed in args.seed:
-        video = render_conveyor(work / f"line{seed}.mp4", seconds=args.seconds, seed=seed)
+        video = render_conveyor(work / f"line{seed}.mp4", seconds=args.seconds, seed=seed,
+                                speed_px_per_s=args.speed)
         print(f"video seed {seed}: {video.num_frames} frames, {video.num_defective_frames} defective", file=sys.stderr)
         videos.append((seed, video))
     recipe = load_recipe(args.config)
