@@ -35,6 +35,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """"640" -> (640,); "640+768" -> (640, 768): the model at both sizes, boxes merged per prompt."""
+    try:
+        sizes = tuple(int(part) for part in text.split("+"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size or sizes joined by +, got {text!r}") from None
+    if any(s < 64 or s % 32 for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be multiples of 32 from 64, got {text!r}")
+    return sizes
+
+
 def frame_scores(records: list[dict], gt_path: Path) -> dict:
     """Per-frame FAIL coverage of defective frames and false FAIL rate on the others."""
     truth = {}
@@ -56,8 +67,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", help="a dynamic export folder (default: export the bundled model)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "line.example.yaml"))
-    ap.add_argument("--imgsz", type=int, nargs="+", default=None,
-                    help="inference sizes (default: the recipe's, 640 and 320)")
+    ap.add_argument("--imgsz", type=_sizes, nargs="+", default=None,
+                    help="inference sizes (default: the recipe's, 640 and 320); 640+768 runs both and merges")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--speed", type=float, default=None,
                     help="belt speed in px/s (default: the video's, 160 = 16 px per frame, a multiple of the strides)")
@@ -72,6 +83,7 @@ def main() -> None:
     from promptdet.line.recipe import load_recipe
     from promptdet.line.sinks import JsonlSink
     from promptdet.line.sources import OpenCvSource
+    from promptdet.runtime.multiscale import MultiScalePredictor
     from promptdet.runtime.onnx import OnnxModel
 
     work = Path(tempfile.mkdtemp(prefix="line_bench_"))
@@ -91,12 +103,15 @@ def main() -> None:
         videos.append((seed, video))
     recipe = load_recipe(args.config)
     model = OnnxModel(export, providers="cpu", threads=args.threads)
-    sizes = args.imgsz or list(dict.fromkeys([recipe.model.imgsz or model.imgsz, 640, 320]))
+    own = tuple(s or model.imgsz for s in recipe.model.sizes)
+    sizes = args.imgsz or list(dict.fromkeys([own, (640,), (320,)]))
     rows = []
-    for size in sizes:
-        r = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, imgsz=size))
+    for combo in sizes:
+        size = "+".join(map(str, combo)) if len(combo) > 1 else combo[0]
+        r = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, imgsz=list(combo)))
         conf = min([r.model.conf, *[c.conf for c in r.checks if c.conf is not None]])
-        predictor = model.predictor(r.prompts, conf=conf, imgsz=size)
+        predictors = [model.predictor(r.prompts, conf=conf, imgsz=one) for one in combo]
+        predictor = predictors[0] if len(predictors) == 1 else MultiScalePredictor(predictors)
         predictor(np.zeros((480, 640, 3), np.uint8))  # warm-up: session, prompt embeddings
         for seed, video in videos:
             out = work / f"r{size}_{seed}.jsonl"
@@ -115,11 +130,11 @@ def main() -> None:
     print(f"{'imgsz':>5} {'seed':>5} {'checks':>6} {'fps':>6} {'p50 ms':>7} {'p99 ms':>7} {'infer p50':>9} "
           f"{'FAIL|defective':>14} {'FAIL|clean':>10}")
     for row in rows:
-        print(f"{row['imgsz']:>5} {row['seed']:>5} {row['checks']:>6} {row['fps']:>6.1f} {row['p50_ms']:>7.1f} "
+        print(f"{row['imgsz']!s:>5} {row['seed']:>5} {row['checks']:>6} {row['fps']:>6.1f} {row['p50_ms']:>7.1f} "
               f"{row['p99_ms']:>7.1f} {row['infer_p50_ms']:>9.1f} {row['fail_on_defective']:>14.1%} "
               f"{row['fail_on_clean']:>10.1%}")
     if len(videos) > 1:
-        for size in sizes:
+        for size in dict.fromkeys(row["imgsz"] for row in rows):
             sel = [row for row in rows if row["imgsz"] == size]
             hit, bad = (sum(row[k] for row in sel) for k in ("fail_on_defective_frames", "defective_frames"))
             false, good = (sum(row[k] for row in sel) for k in ("fail_on_clean_frames", "clean_frames"))

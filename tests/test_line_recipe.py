@@ -22,8 +22,9 @@ def test_example_recipe_loads():
     assert recipe.deadline_ms == 500.0 and recipe.source.uri == "line.mp4" and recipe.source.trigger == "every-frame"
     assert recipe.sinks.jsonl.path.startswith("runs/line/") and recipe.sinks.sqlite.path.startswith("runs/line/")
     assert recipe.checks[2].rule.fails(1, 0.8) and not recipe.checks[2].rule.fails(0, 0.0)
-    assert recipe.checks[2].roi == [2, 0, 638, 480] and recipe.checks[2].conf == 0.3
+    assert recipe.checks[2].roi == [2, 0, 638, 480] and recipe.checks[2].conf == 0.35
     assert all(c.roi_mode == "inside" for c in recipe.checks)
+    assert recipe.model.sizes == [640, 768]  # two sizes, merged (README, "The inspection line")
     assert recipe.stats.port is None  # the HTTP endpoint stays off unless asked for
 
 

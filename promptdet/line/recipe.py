@@ -34,13 +34,19 @@ _NODE_ID = re.compile(r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$")
 @dataclass
 class ModelSpec:
     """weights: checkpoint, run folder or ONNX export folder (None = the bundled model).
-    provider: onnxruntime execution provider (None = the best available). imgsz None = training size."""
+    provider: onnxruntime execution provider (None = the best available). imgsz None = training size;
+    a list of sizes runs the model at each and merges the boxes of each prompt (see ``sizes``)."""
 
     weights: str | None = None
     backend: str = "auto"
     provider: str | None = None
-    imgsz: int | None = None
+    imgsz: int | list[int] | None = None
     conf: float = 0.25
+
+    @property
+    def sizes(self) -> list[int | None]:
+        """The inference sizes, one or more (None = the training size)."""
+        return list(self.imgsz) if isinstance(self.imgsz, list) else [self.imgsz]
 
 
 @dataclass
@@ -271,8 +277,15 @@ def _validate(r: LineRecipe, file: str) -> None:
     w = lambda keys: _where(file, keys)  # noqa: E731 - short local helper for messages
     m = r.model
     _choice(m.backend, BACKENDS, w("model.backend"))
-    if m.imgsz is not None and (m.imgsz % 32 or m.imgsz < 64):
-        raise ConfigError(f"{w('model.imgsz')}: must be a multiple of 32 and at least 64, got {m.imgsz}")
+    sizes = m.imgsz if isinstance(m.imgsz, list) else [m.imgsz]
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes if s is not None) \
+            or (isinstance(m.imgsz, list) and None in sizes):
+        raise ConfigError(f"{w('model.imgsz')}: expected an integer or a list of integers, got {m.imgsz!r}")
+    for s in sizes:
+        if s is not None and (s % 32 or s < 64):
+            raise ConfigError(f"{w('model.imgsz')}: must be a multiple of 32 and at least 64, got {s}")
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"{w('model.imgsz')}: a size is listed twice in {m.imgsz}")
     if not 0.0 <= m.conf <= 1.0:
         raise ConfigError(f"{w('model.conf')}: must be in 0-1, got {m.conf}")
 

@@ -31,13 +31,22 @@ def build_predictor(recipe: LineRecipe):
         if not exported:
             raise UsageError(f"{recipe.file}: model.backend onnx needs model.weights to be an export folder "
                              "(make one with: promptdet export --out DIR)")
-        return OnnxModel(m.weights, providers=m.provider).predictor(recipe.prompts, conf=conf, imgsz=m.imgsz)
+        model = OnnxModel(m.weights, providers=m.provider)
+        return _at_sizes([model.predictor(recipe.prompts, conf=conf, imgsz=size) for size in m.sizes])
     if exported:
         raise UsageError(f"{recipe.file}: model.weights {m.weights} is an ONNX export folder; set model.backend onnx")
     import promptdet
     from promptdet.predict import Predictor
 
-    return Predictor(promptdet.load(m.weights), recipe.prompts, conf=conf, imgsz=m.imgsz)
+    model = promptdet.load(m.weights)
+    return _at_sizes([Predictor(model, recipe.prompts, conf=conf, imgsz=size) for size in m.sizes])
+
+
+def _at_sizes(predictors: list):
+    """One predictor as it is; several (model.imgsz a list) merged by a MultiScalePredictor."""
+    from promptdet.runtime.multiscale import MultiScalePredictor
+
+    return predictors[0] if len(predictors) == 1 else MultiScalePredictor(predictors)
 
 
 def open_source(recipe: LineRecipe, stop: threading.Event, software: SoftwareTrigger | None):
@@ -73,9 +82,11 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         recipe = rebase_file_sinks(recipe, out_dir)
     say = (lambda line: None) if quiet else stderr_line
     predictor = build_predictor(recipe)
-    say(f"model: {getattr(predictor, 'backend', '?')} backend"
-        + (f" on {predictor.model.provider}" if hasattr(predictor, "model") else "")
-        + f"; {len(recipe.checks)} checks; deadline {recipe.deadline_ms:g} ms")
+    one = getattr(predictor, "predictors", [predictor])[0]  # a MultiScalePredictor's sizes share one model
+    sizes = predictor.imgsz if isinstance(predictor.imgsz, list) else [predictor.imgsz]
+    say(f"model: {getattr(one, 'backend', '?')} backend"
+        + (f" on {one.model.provider}" if hasattr(one, "model") else "")
+        + f" at imgsz {' + '.join(map(str, sizes))}; {len(recipe.checks)} checks; deadline {recipe.deadline_ms:g} ms")
     stop = threading.Event()
     software = SoftwareTrigger() if recipe.source.trigger == "software" else None
     frames, src = open_source(recipe, stop, software)
