@@ -81,9 +81,9 @@ def main() -> None:
     from promptdet.data.synth.video import render_conveyor
     from promptdet.line.pipeline import Inspector, LineStats, run_line
     from promptdet.line.recipe import load_recipe
+    from promptdet.line.run import recipe_predictor
     from promptdet.line.sinks import JsonlSink
     from promptdet.line.sources import OpenCvSource
-    from promptdet.runtime.multiscale import MultiScalePredictor
     from promptdet.runtime.onnx import OnnxModel
 
     work = Path(tempfile.mkdtemp(prefix="line_bench_"))
@@ -109,9 +109,7 @@ def main() -> None:
     for combo in sizes:
         size = "+".join(map(str, combo)) if len(combo) > 1 else combo[0]
         r = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, imgsz=list(combo)))
-        conf = min([r.model.conf, *[c.conf for c in r.checks if c.conf is not None]])
-        predictors = [model.predictor(r.prompts, conf=conf, imgsz=one) for one in combo]
-        predictor = predictors[0] if len(predictors) == 1 else MultiScalePredictor(predictors)
+        predictor = recipe_predictor(model.predictor, r)  # the recipe's conf; sizes merged as inspect does
         predictor(np.zeros((480, 640, 3), np.uint8))  # warm-up: session, prompt embeddings
         for seed, video in videos:
             out = work / f"r{size}_{seed}.jsonl"

@@ -277,15 +277,14 @@ def _validate(r: LineRecipe, file: str) -> None:
     w = lambda keys: _where(file, keys)  # noqa: E731 - short local helper for messages
     m = r.model
     _choice(m.backend, BACKENDS, w("model.backend"))
-    sizes = m.imgsz if isinstance(m.imgsz, list) else [m.imgsz]
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes if s is not None) \
-            or (isinstance(m.imgsz, list) and None in sizes):
-        raise ConfigError(f"{w('model.imgsz')}: expected an integer or a list of integers, got {m.imgsz!r}")
-    for s in sizes:
-        if s is not None and (s % 32 or s < 64):
-            raise ConfigError(f"{w('model.imgsz')}: must be a multiple of 32 and at least 64, got {s}")
-    if len(set(sizes)) != len(sizes):
-        raise ConfigError(f"{w('model.imgsz')}: a size is listed twice in {m.imgsz}")
+    if m.imgsz is not None:  # None: the training size
+        if not m.sizes or any(isinstance(s, bool) or not isinstance(s, int) for s in m.sizes):
+            raise ConfigError(f"{w('model.imgsz')}: expected an integer or a list of integers, got {m.imgsz!r}")
+        for s in m.sizes:
+            if s % 32 or s < 64:
+                raise ConfigError(f"{w('model.imgsz')}: must be a multiple of 32 and at least 64, got {s}")
+        if len(set(m.sizes)) != len(m.sizes):
+            raise ConfigError(f"{w('model.imgsz')}: a size is listed twice in {m.imgsz}")
     if not 0.0 <= m.conf <= 1.0:
         raise ConfigError(f"{w('model.conf')}: must be in 0-1, got {m.conf}")
 

@@ -6,6 +6,7 @@ SIGINT and SIGTERM stop taking new parts; every part already judged is written t
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
@@ -23,29 +24,29 @@ def build_predictor(recipe: LineRecipe):
     from promptdet.runtime.onnx import OnnxModel, is_export_dir
 
     m = recipe.model
-    confs = [c.conf for c in recipe.checks if c.conf is not None]
-    conf = min([m.conf, *confs])  # each check applies its own threshold after this one
     exported = m.weights is not None and is_export_dir(m.weights)
     backend = ("onnx" if exported else "torch") if m.backend == "auto" else m.backend
     if backend == "onnx":
         if not exported:
             raise UsageError(f"{recipe.file}: model.backend onnx needs model.weights to be an export folder "
                              "(make one with: promptdet export --out DIR)")
-        model = OnnxModel(m.weights, providers=m.provider)
-        return _at_sizes([model.predictor(recipe.prompts, conf=conf, imgsz=size) for size in m.sizes])
+        return recipe_predictor(OnnxModel(m.weights, providers=m.provider).predictor, recipe)
     if exported:
         raise UsageError(f"{recipe.file}: model.weights {m.weights} is an ONNX export folder; set model.backend onnx")
     import promptdet
     from promptdet.predict import Predictor
 
-    model = promptdet.load(m.weights)
-    return _at_sizes([Predictor(model, recipe.prompts, conf=conf, imgsz=size) for size in m.sizes])
+    return recipe_predictor(functools.partial(Predictor, promptdet.load(m.weights)), recipe)
 
 
-def _at_sizes(predictors: list):
-    """One predictor as it is; several (model.imgsz a list) merged by a MultiScalePredictor."""
+def recipe_predictor(make, recipe: LineRecipe):
+    """``make(prompts, conf=, imgsz=)`` (``OnnxModel.predictor``, or ``Predictor`` bound to a model)
+    over the recipe's prompts at its size, or at each of its sizes with the boxes merged
+    (``MultiScalePredictor``). The conf is the lowest any check uses: each check applies its own after."""
     from promptdet.runtime.multiscale import MultiScalePredictor
 
+    conf = min([recipe.model.conf, *[c.conf for c in recipe.checks if c.conf is not None]])
+    predictors = [make(recipe.prompts, conf=conf, imgsz=size) for size in recipe.model.sizes]
     return predictors[0] if len(predictors) == 1 else MultiScalePredictor(predictors)
 
 
@@ -82,11 +83,11 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         recipe = rebase_file_sinks(recipe, out_dir)
     say = (lambda line: None) if quiet else stderr_line
     predictor = build_predictor(recipe)
-    one = getattr(predictor, "predictors", [predictor])[0]  # a MultiScalePredictor's sizes share one model
-    sizes = predictor.imgsz if isinstance(predictor.imgsz, list) else [predictor.imgsz]
-    say(f"model: {getattr(one, 'backend', '?')} backend"
-        + (f" on {one.model.provider}" if hasattr(one, "model") else "")
-        + f" at imgsz {' + '.join(map(str, sizes))}; {len(recipe.checks)} checks; deadline {recipe.deadline_ms:g} ms")
+    sized = getattr(predictor, "predictors", [predictor])  # a MultiScalePredictor's sizes share one model
+    say(f"model: {getattr(sized[0], 'backend', '?')} backend"
+        + (f" on {sized[0].model.provider}" if hasattr(sized[0], "model") else "")
+        + f" at imgsz {' + '.join(str(p.imgsz) for p in sized)}; {len(recipe.checks)} checks; "
+        f"deadline {recipe.deadline_ms:g} ms")
     stop = threading.Event()
     software = SoftwareTrigger() if recipe.source.trigger == "software" else None
     frames, src = open_source(recipe, stop, software)

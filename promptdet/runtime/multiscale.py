@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from promptdet.runtime.postprocess import nms
+from promptdet.runtime.postprocess import nms_per_prompt
 from promptdet.structures import TIMING_KEYS, Detections
 
 
@@ -38,17 +38,11 @@ class MultiScalePredictor:
     def __call__(self, image_bgr: np.ndarray, image: str | None = None, frame: int | None = None,
                  read_ms: float = 0.0, keep_image: bool = True) -> Detections:
         dets = [p(image_bgr, image, frame, read_ms=0.0, keep_image=False) for p in self.predictors]
-        boxes = np.concatenate([d.boxes_xyxy for d in dets])
-        scores = np.concatenate([d.scores for d in dets])
-        ids = np.concatenate([d.prompt_ids for d in dets])
-        keep = []
-        for k in np.unique(ids):
-            mine = np.flatnonzero(ids == k)
-            keep.append(mine[nms(boxes[mine], scores[mine], self.iou)[:self.max_det]])
-        keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
-        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        boxes, scores, ids = nms_per_prompt(np.concatenate([d.boxes_xyxy for d in dets]),
+                                            np.concatenate([d.scores for d in dets]),
+                                            np.concatenate([d.prompt_ids for d in dets]), self.iou, self.max_det)
         ms = {key: sum(d.timing_ms.get(key, 0.0) for d in dets) for key in TIMING_KEYS}
         ms["read"], ms["total"] = read_ms, ms["total"] + read_ms
         h, w = image_bgr.shape[:2]
-        return Detections(boxes[keep], scores[keep], ids[keep], self.prompts, (w, h), image, ms, frame,
+        return Detections(boxes, scores, ids, self.prompts, (w, h), image, ms, frame,
                           image_bgr if keep_image else None)

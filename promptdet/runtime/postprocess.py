@@ -45,26 +45,31 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, contained: float | No
     return np.asarray(keep, dtype=np.int64)
 
 
+def nms_per_prompt(boxes: np.ndarray, scores: np.ndarray, prompt_ids: np.ndarray, iou: float, max_det: int,
+                   contained: float | None = CONTAINED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat candidates -> (boxes [N, 4], scores [N], prompt_ids [N]), highest score first.
+
+    NMS runs within each prompt, never across (one part may answer several prompts), and ``max_det``
+    caps each prompt on its own, so a prompt's result does not depend on the other prompts. Used on
+    one forward pass's candidates (``select_detections``) and on the union of several sizes' boxes.
+    """
+    kept = [mine[nms(boxes[mine], scores[mine], iou, contained)[:max_det]]
+            for mine in (np.flatnonzero(prompt_ids == k) for k in np.unique(prompt_ids))]
+    if not kept:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    keep = np.concatenate(kept)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), prompt_ids[keep].astype(np.int64)
+
+
 def select_detections(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float,
                       max_det: int, contained: float | None = CONTAINED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's candidates -> (boxes [N, 4], scores [N], prompt_ids [N]), highest score first.
 
-    boxes [K, M, 4] and scores [K, M] as the detector gives them. Prompts never suppress each
-    other (one part may answer several prompts), and ``max_det`` caps each prompt on its own, so
-    a prompt's result does not depend on the other prompts.
+    boxes [K, M, 4] and scores [K, M] as the detector gives them: those at ``conf`` or above go
+    through ``nms_per_prompt``.
     """
-    out_boxes, out_scores, out_ids = [], [], []
-    for k in range(scores.shape[0]):
-        keep = np.flatnonzero(scores[k] >= conf)
-        if keep.size == 0:
-            continue
-        b, s = boxes[k, keep], scores[k, keep]
-        kept = nms(b, s, iou, contained)[:max_det]
-        out_boxes.append(b[kept])
-        out_scores.append(s[kept])
-        out_ids.append(np.full(len(kept), k, dtype=np.int64))
-    if not out_scores:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    b, s, ids = np.concatenate(out_boxes), np.concatenate(out_scores), np.concatenate(out_ids)
-    order = np.argsort(-s, kind="stable")
-    return b[order].astype(np.float32), s[order].astype(np.float32), ids[order]
+    k, m = scores.shape
+    above = scores.reshape(-1) >= conf
+    ids = np.repeat(np.arange(k, dtype=np.int64), m)[above]
+    return nms_per_prompt(boxes.reshape(-1, 4)[above], scores.reshape(-1)[above], ids, iou, max_det, contained)
