@@ -110,13 +110,14 @@ def main() -> None:
         size = "+".join(map(str, combo)) if len(combo) > 1 else combo[0]
         r = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, imgsz=list(combo)))
         predictor = recipe_predictor(model.predictor, r)  # the recipe's conf; sizes merged as inspect does
-        predictor(np.zeros((480, 640, 3), np.uint8))  # warm-up: session, prompt embeddings
+        inspector = Inspector(r, predictor)
+        inspector.warm_up()  # as inspect does before its first part
         for seed, video in videos:
             out = work / f"r{size}_{seed}.jsonl"
             stats = LineStats()
             source = OpenCvSource(str(video.video))
             stats.source = source.stats
-            run_line(source.frames(), Inspector(r, predictor), [JsonlSink(out)], threading.Event(), stats)
+            run_line(source.frames(), inspector, [JsonlSink(out)], threading.Event(), stats)
             records = [json.loads(line) for line in out.read_text().splitlines()]
             infer = np.asarray(stats.latency["infer"])
             row = {"imgsz": size, "seed": seed, "fps": stats.fps(), "p50_ms": stats.percentiles("total")[0],

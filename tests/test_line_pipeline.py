@@ -103,7 +103,7 @@ def test_sigterm_mid_run_loses_no_record(tiny_ckpt, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    assert "stopping (SIGTERM)" in err
+    assert "stopping (SIGTERM)" in err and "warmed up in" in err
     last = [line for line in err.splitlines() if " parts " in line][-1]
     judged = int(last.split()[0])
     records = read_jsonl(jsonl)
@@ -125,13 +125,15 @@ class FixedPredictor:
 
     backend = "fake"
 
-    def __init__(self, prompts, delay_s=0.0, fail_on=None):
-        self.prompts, self.delay_s, self.fail_on = prompts, delay_s, fail_on
+    def __init__(self, prompts, delay_s=0.0, fail_on=None, cold_s=0.0):
+        self.prompts, self.delay_s, self.fail_on, self.cold_s = prompts, delay_s, fail_on, cold_s
+        self.calls = 0
 
     def __call__(self, image, name=None, frame=None, read_ms=0.0, keep_image=True):
         from promptdet.structures import Detections
 
-        time.sleep(self.delay_s)
+        self.calls += 1
+        time.sleep(self.delay_s + (self.cold_s if self.calls == 1 else 0.0))  # a session's slow first run
         if self.fail_on is not None and frame == self.fail_on:
             raise RuntimeError("inference blew up")
         return Detections(np.array([[10, 10, 20, 20]], np.float32), np.array([0.9], np.float32),
@@ -155,6 +157,32 @@ def test_deadline_gives_fail_with_reason_timeout(tmp_path):
     records = read_jsonl(tmp_path / "r.jsonl")
     assert [r["verdict"] for r in records] == ["FAIL"] * 3
     assert all("timeout" in r["reasons"] for r in records)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_warm_up_keeps_a_cold_first_run_from_failing_the_first_part(tmp_path, warm):
+    recipe = small_recipe(tmp_path, deadline_ms=300)
+    predictor = FixedPredictor(recipe.prompts, cold_s=0.6)
+    inspector = Inspector(recipe, predictor)
+    if warm:
+        assert inspector.warm_up(runs=2) >= 600
+        assert predictor.calls == 2
+    sink = JsonlSink(tmp_path / "r.jsonl")
+    run_line(frames(3), inspector, [sink], threading.Event(), LineStats())
+    first = read_jsonl(tmp_path / "r.jsonl")[0]
+    assert ("timeout" in first["reasons"]) is not warm
+
+
+def test_a_model_that_fails_its_warm_up_stops_the_line_at_start_up(tmp_path):
+    from promptdet.errors import UsageError
+
+    recipe = small_recipe(tmp_path)
+    class BrokenPredictor(FixedPredictor):
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("inference blew up")
+
+    with pytest.raises(UsageError, match="warm-up run: RuntimeError: inference blew up"):
+        Inspector(recipe, BrokenPredictor(recipe.prompts)).warm_up()
 
 
 def test_failed_inference_is_an_error_record_and_the_line_goes_on(tmp_path):

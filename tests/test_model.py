@@ -116,7 +116,7 @@ def test_loss_decreases_on_a_tiny_overfit_set():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from promptdet.errors import UsageError
 from promptdet.line.recipe import LineRecipe
 from promptdet.line.rules import decide, evaluate_check
 from promptdet.line.sinks import ImageSink, Sink
 from promptdet.line.sources import Frame, SourceStats
+from promptdet.runtime.preprocess import PAD_VALUE
 
 STAGES = ("decode", "preprocess", "infer", "post", "sinks")
 
@@ -135,6 +137,23 @@ class Inspector:
         record = verdict.to_record()
         record.update(frame=frame.index, source=frame.name)
         return record, stage
+
+    def warm_up(self, runs: int = 2, size_wh: tuple[int, int] = (640, 480)) -> float:
+        """Run the model on a blank frame ``runs`` times before the first part; returns the ms taken.
+
+        A session's first calls allocate buffers and pick kernels (several hundred ms on a CPU, more
+        on a GPU), which would put the first real part past its deadline: a fail-safe FAIL for a part
+        that was fine. The input is letterboxed to a square, so any frame size warms the real shapes.
+        A model that cannot judge a blank frame cannot judge a part: that stops the line at start-up.
+        """
+        blank = np.full((size_wh[1], size_wh[0], 3), PAD_VALUE, np.uint8)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            try:
+                self.predictor(blank, "warm-up", None, keep_image=False)
+            except Exception as exc:  # noqa: BLE001 - reported as one line, the line does not start
+                raise UsageError(f"the model failed its warm-up run: {type(exc).__name__}: {exc}") from exc
+        return (time.perf_counter() - t0) * 1e3
 
     @staticmethod
     def part_id(frame: Frame) -> str:

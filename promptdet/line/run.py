@@ -83,11 +83,13 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         recipe = rebase_file_sinks(recipe, out_dir)
     say = (lambda line: None) if quiet else stderr_line
     predictor = build_predictor(recipe)
+    inspector = Inspector(recipe, predictor)
+    warm_ms = inspector.warm_up()  # before the source opens, so no frame waits on it
     sized = getattr(predictor, "predictors", [predictor])  # a MultiScalePredictor's sizes share one model
     say(f"model: {getattr(sized[0], 'backend', '?')} backend"
         + (f" on {sized[0].model.provider}" if hasattr(sized[0], "model") else "")
         + f" at imgsz {' + '.join(str(p.imgsz) for p in sized)}; {len(recipe.checks)} checks; "
-        f"deadline {recipe.deadline_ms:g} ms")
+        f"deadline {recipe.deadline_ms:g} ms; warmed up in {warm_ms:.0f} ms")
     stop = threading.Event()
     software = SoftwareTrigger() if recipe.source.trigger == "software" else None
     frames, src = open_source(recipe, stop, software)
@@ -129,7 +131,7 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
             request_stop()
 
     try:
-        run_line(frames, Inspector(recipe, predictor), sinks, stop, stats, say, recipe.stats.interval_s, record_hook)
+        run_line(frames, inspector, sinks, stop, stats, say, recipe.stats.interval_s, record_hook)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
