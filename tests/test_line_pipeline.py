@@ -226,3 +226,19 @@ def test_bad_recipe_key_is_named(tmp_path):
     cfg.write_text(yaml.safe_dump(d))
     res = runner.invoke(app, ["inspect", "--config", str(cfg)])
     assert res.exit_code != 0 and "pth" in res.output
+
+
+@pytest.mark.parametrize("make", ["missing", "not_export"])
+def test_onnx_backend_without_an_export_says_how_to_make_it(tmp_path, make):
+    weights = tmp_path / "export"
+    if make == "not_export":
+        weights.mkdir()
+    cfg = tmp_path / "line.yaml"
+    d = recipe_dict(weights, tmp_path, tmp_path)
+    d["model"]["backend"] = "onnx"
+    cfg.write_text(yaml.safe_dump(d))
+    res = runner.invoke(app, ["inspect", "--config", str(cfg)])
+    assert res.exit_code == 2
+    found = "does not exist" if make == "missing" else "is not an export folder"
+    assert found in res.output and f"promptdet export --out {weights} --dynamic" in res.output
+    assert "Traceback" not in res.output

@@ -28,8 +28,9 @@ def build_predictor(recipe: LineRecipe):
     backend = ("onnx" if exported else "torch") if m.backend == "auto" else m.backend
     if backend == "onnx":
         if not exported:
-            raise UsageError(f"{recipe.file}: model.backend onnx needs model.weights to be an export folder "
-                             "(make one with: promptdet export --out DIR)")
+            found = "is not an export folder" if m.weights and Path(m.weights).exists() else "does not exist"
+            raise UsageError(f"{recipe.file}: model.weights {m.weights} {found}, and model.backend onnx needs "
+                             f"one (make it with: promptdet export --out {m.weights or 'DIR'} --dynamic)")
         return recipe_predictor(OnnxModel(m.weights, providers=m.provider).predictor, recipe)
     if exported:
         raise UsageError(f"{recipe.file}: model.weights {m.weights} is an ONNX export folder; set model.backend onnx")
