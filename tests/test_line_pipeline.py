@@ -242,3 +242,11 @@ def test_onnx_backend_without_an_export_says_how_to_make_it(tmp_path, make):
     found = "does not exist" if make == "missing" else "is not an export folder"
     assert found in res.output and f"promptdet export --out {weights} --dynamic" in res.output
     assert "Traceback" not in res.output
+
+
+def test_stats_line_before_and_after_the_first_part():
+    stats = LineStats()
+    assert "nan" not in stats.line() and "total -/-/-" in stats.line()
+    stats.add("FAIL", True, {"infer": 4.0, "total": 5.0})
+    line = stats.line()
+    assert line.startswith("1 parts") and "FAIL 1" in line and "(timeouts 1)" in line and "total 5.0/5.0/5.0" in line

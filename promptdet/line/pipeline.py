@@ -60,7 +60,8 @@ class LineStats:
     def line(self) -> str:
         src = self.source or SourceStats()
         p = {s: self.percentiles(s) for s in (*STAGES, "total")}
-        stages = " ".join(f"{s} {p[s][0]:.1f}/{p[s][1]:.1f}/{p[s][2]:.1f}" for s in (*STAGES, "total"))
+        stages = " ".join(f"{s} " + "/".join(f"{v:.1f}" if np.isfinite(v) else "-" for v in p[s])
+                          for s in (*STAGES, "total"))  # "-" until a part has been judged
         v = self.verdicts
         return (f"{self.parts} parts {self.fps():.1f} fps | PASS {v['PASS']} FAIL {v['FAIL']} ERROR {v['ERROR']} "
                 f"(timeouts {self.timeouts}) | dropped {src.dropped} reconnects {src.reconnects} "
