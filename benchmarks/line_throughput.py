@@ -17,6 +17,13 @@ over all their frames (a 20 s video holds about a dozen parts, so one part moves
 figure by several points). fps and latency are per video.
 
 The export must be ``--dynamic`` to run at several sizes. Sinks write to a temporary folder.
+
+The anchor: ultralytics YOLOE-26n with as many classes as the recipe has checks, built and exported
+in the same run as ``benchmarks/onnx_latency.py`` does (random weights; nothing downloaded), timed as
+bare onnxruntime forward passes at each size of the row (summed for several sizes), once before and
+once after that row's videos. ``vs YOLOE`` is the line's fps over the anchor's: the whole line loop
+(decode, letterbox, model, NMS, rules, sinks) against a YOLO model's forward pass alone, so the
+figure travels between machines where fps does not. ``--no-anchor`` skips it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +71,40 @@ def frame_scores(records: list[dict], gt_path: Path) -> dict:
             "fail_on_defective": hit / max(len(bad), 1), "fail_on_clean": false / max(len(good), 1)}
 
 
+class Anchor:
+    """YOLOE-26n ONNX graphs with K baked classes, one per size, built on first use (onnx_latency.py's
+    exporter); ``ms(sizes)`` is the median of bare forward passes at each size, summed."""
+
+    def __init__(self, k: int, work: Path, runs: int = 30, threads: int | None = None):
+        self.k, self.work, self.runs, self.threads = k, work, runs, threads
+        self.sessions = {}
+
+    def session(self, size: int):
+        if size not in self.sessions:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from onnx_latency import export_yoloe, ort_session
+
+            folder = self.work / f"yoloe{size}"
+            folder.mkdir(exist_ok=True)
+            self.sessions[size] = ort_session(export_yoloe(self.k, size, folder), self.threads)
+        return self.sessions[size]
+
+    def forward_ms(self, sizes: tuple[int, ...]) -> list[float]:
+        """``runs`` timings (ms) of one forward pass at each size, after 3 untimed ones, summed over the
+        sizes. Each size is timed in its own loop: alternating two onnxruntime sessions on 2 cores
+        costs nearly twice their sum (each session's idle threads spin against the other's), a cost
+        promptdet's one dynamic-shape session does not pay."""
+        total = np.zeros(self.runs)
+        for s in sizes:
+            session, feed = self.session(s), {"images": np.random.default_rng(s).random((1, 3, s, s), dtype=np.float32)}
+            for i in range(self.runs + 3):
+                t0 = time.perf_counter()
+                session.run(None, feed)
+                if i >= 3:
+                    total[i - 3] += (time.perf_counter() - t0) * 1e3
+        return total.tolist()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", help="a dynamic export folder (default: export the bundled model)")
@@ -74,6 +116,7 @@ def main() -> None:
                     help="belt speed in px/s (default: the video's, 160 = 16 px per frame, a multiple of the strides)")
     ap.add_argument("--seed", type=int, nargs="+", default=[0], help="video seeds (several: figures also pooled)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    ap.add_argument("--no-anchor", action="store_true", help="skip the YOLOE-26n anchor (vs YOLOE column)")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,6 +148,9 @@ def main() -> None:
     model = OnnxModel(export, providers="cpu", threads=args.threads)
     own = tuple(s or model.imgsz for s in recipe.model.sizes)
     sizes = args.imgsz or list(dict.fromkeys([own, (640,), (320,)]))
+    anchor = None if args.no_anchor else Anchor(len(recipe.checks), work, threads=args.threads)
+    if anchor is not None:
+        print(f"building the YOLOE-26n anchor (K = {len(recipe.checks)}) ...", file=sys.stderr)
     rows = []
     for combo in sizes:
         size = "+".join(map(str, combo)) if len(combo) > 1 else combo[0]
@@ -112,6 +158,8 @@ def main() -> None:
         predictor = recipe_predictor(model.predictor, r)  # the recipe's conf; sizes merged as inspect does
         inspector = Inspector(r, predictor)
         inspector.warm_up()  # as inspect does before its first part
+        anchor_ms = anchor.forward_ms(combo) if anchor is not None else []
+        first_row = len(rows)
         for seed, video in videos:
             out = work / f"r{size}_{seed}.jsonl"
             stats = LineStats()
@@ -125,13 +173,19 @@ def main() -> None:
                    "checks": len(r.checks), **frame_scores(records, video.gt)}
             rows.append(row)
             print(f"imgsz {size} seed {seed}: {row['fps']:.1f} fps", file=sys.stderr)
+        if anchor is not None:  # timed before and after the videos: the load they saw, on both sides
+            anchor_fps = 1e3 / float(np.median(anchor_ms + anchor.forward_ms(combo)))
+            for row in rows[first_row:]:
+                row.update(anchor_fps=anchor_fps, vs_yoloe=row["fps"] / anchor_fps)
 
-    print(f"{'imgsz':>5} {'seed':>5} {'checks':>6} {'fps':>6} {'p50 ms':>7} {'p99 ms':>7} {'infer p50':>9} "
-          f"{'FAIL|defective':>14} {'FAIL|clean':>10}")
+    print(f"{'imgsz':>7} {'seed':>5} {'checks':>6} {'fps':>6} {'YOLOE fps':>9} {'vs YOLOE':>8} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'infer p50':>9} {'FAIL|defective':>14} {'FAIL|clean':>10}")
     for row in rows:
-        print(f"{row['imgsz']!s:>5} {row['seed']:>5} {row['checks']:>6} {row['fps']:>6.1f} {row['p50_ms']:>7.1f} "
-              f"{row['p99_ms']:>7.1f} {row['infer_p50_ms']:>9.1f} {row['fail_on_defective']:>14.1%} "
-              f"{row['fail_on_clean']:>10.1%}")
+        yoloe = (f"{row['anchor_fps']:>9.1f} {row['vs_yoloe']:>7.2f}x" if "anchor_fps" in row
+                 else f"{'-':>9} {'-':>8}")
+        print(f"{row['imgsz']!s:>7} {row['seed']:>5} {row['checks']:>6} {row['fps']:>6.1f} {yoloe} "
+              f"{row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} {row['infer_p50_ms']:>9.1f} "
+              f"{row['fail_on_defective']:>14.1%} {row['fail_on_clean']:>10.1%}")
     if len(videos) > 1:
         for size in dict.fromkeys(row["imgsz"] for row in rows):
             sel = [row for row in rows if row["imgsz"] == size]
