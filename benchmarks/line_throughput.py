@@ -116,6 +116,8 @@ def main() -> None:
                     help="belt speed in px/s (default: the video's, 160 = 16 px per frame, a multiple of the strides)")
     ap.add_argument("--seed", type=int, nargs="+", default=[0], help="video seeds (several: figures also pooled)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    ap.add_argument("--detector-file", default=None,
+                    help="another detector graph of the export folder, e.g. detector_int8.onnx (promptdet export --int8)")
     ap.add_argument("--no-anchor", action="store_true", help="skip the YOLOE-26n anchor (vs YOLOE column)")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
@@ -145,7 +147,7 @@ def main() -> None:
         print(f"video seed {seed}: {video.num_frames} frames, {video.num_defective_frames} defective", file=sys.stderr)
         videos.append((seed, video))
     recipe = load_recipe(args.config)
-    model = OnnxModel(export, providers="cpu", threads=args.threads)
+    model = OnnxModel(export, providers="cpu", threads=args.threads, detector_file=args.detector_file)
     own = tuple(s or model.imgsz for s in recipe.model.sizes)
     sizes = args.imgsz or list(dict.fromkeys([own, (640,), (320,)]))
     anchor = None if args.no_anchor else Anchor(len(recipe.checks), work, threads=args.threads)

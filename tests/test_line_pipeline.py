@@ -250,3 +250,38 @@ def test_stats_line_before_and_after_the_first_part():
     stats.add("FAIL", True, {"infer": 4.0, "total": 5.0})
     line = stats.line()
     assert line.startswith("1 parts") and "FAIL 1" in line and "(timeouts 1)" in line and "total 5.0/5.0/5.0" in line
+
+
+def test_onnx_recipe_naming_a_detector_graph_the_export_lacks(tmp_path):
+    from promptdet.line.run import build_predictor
+
+    weights = tmp_path / "export"
+    weights.mkdir()
+    (weights / "promptdet.json").write_text("{}")  # enough for is_export_dir; never read further
+    d = recipe_dict(weights, tmp_path, tmp_path)
+    d["model"].update(backend="onnx", detector="detector_int8.onnx")
+    from promptdet.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"model.detector detector_int8.onnx is not in .*--int8 --calib"):
+        build_predictor(recipe_from_dict(d))
+
+
+def test_onnx_recipe_runs_the_detector_graph_it_names(tiny_ckpt, video, tmp_path):
+    """model.detector picks another graph of the export folder (the int8 one in practice): with the
+    default graph removed, only the named copy can have served the records."""
+    import shutil
+
+    import promptdet
+    from promptdet.export.onnx import export_model
+
+    export = tmp_path / "export"
+    export_model(promptdet.load(tiny_ckpt), export, dynamic=True, verify=False, log=lambda _: None)
+    shutil.move(export / "detector.onnx", export / "detector_other.onnx")
+    cfg = tmp_path / "line.yaml"
+    d = recipe_dict(export, video, tmp_path)
+    d["model"].update(backend="onnx", detector="detector_other.onnx", imgsz=[64, 96])
+    cfg.write_text(yaml.safe_dump(d))
+    res = runner.invoke(app, ["inspect", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    records = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert len(records) == 30 and all(r["verdict"] in ("PASS", "FAIL") for r in records)

@@ -35,11 +35,14 @@ _NODE_ID = re.compile(r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$")
 class ModelSpec:
     """weights: checkpoint, run folder or ONNX export folder (None = the bundled model).
     provider: onnxruntime execution provider (None = the best available). imgsz None = training size;
-    a list of sizes runs the model at each and merges the boxes of each prompt (see ``sizes``)."""
+    a list of sizes runs the model at each and merges the boxes of each prompt (see ``sizes``).
+    detector: another detector graph of the export folder, e.g. ``detector_int8.onnx`` from
+    ``promptdet export --int8`` (None = the export's default graph; ONNX backend only)."""
 
     weights: str | None = None
     backend: str = "auto"
     provider: str | None = None
+    detector: str | None = None
     imgsz: int | list[int] | None = None
     conf: float = 0.25
 
@@ -277,6 +280,10 @@ def _validate(r: LineRecipe, file: str) -> None:
     w = lambda keys: _where(file, keys)  # noqa: E731 - short local helper for messages
     m = r.model
     _choice(m.backend, BACKENDS, w("model.backend"))
+    if m.detector is not None and (m.backend == "torch" or Path(m.detector).name != m.detector):
+        raise ConfigError(f"{w('model.detector')}: a file name inside the ONNX export folder that model.weights "
+                          f"names (e.g. detector_int8.onnx), for backend onnx or auto; got {m.detector!r} with "
+                          f"backend {m.backend}")
     if m.imgsz is not None:  # None: the training size
         if not m.sizes or any(isinstance(s, bool) or not isinstance(s, int) for s in m.sizes):
             raise ConfigError(f"{w('model.imgsz')}: expected an integer or a list of integers, got {m.imgsz!r}")

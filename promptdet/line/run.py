@@ -31,7 +31,12 @@ def build_predictor(recipe: LineRecipe):
             found = "is not an export folder" if m.weights and Path(m.weights).exists() else "does not exist"
             raise UsageError(f"{recipe.file}: model.weights {m.weights} {found}, and model.backend onnx needs "
                              f"one (make it with: promptdet export --out {m.weights or 'DIR'} --dynamic)")
-        return recipe_predictor(OnnxModel(m.weights, providers=m.provider).predictor, recipe)
+        if m.detector is not None and not (Path(m.weights) / m.detector).is_file():
+            raise UsageError(f"{recipe.file}: model.detector {m.detector} is not in {m.weights} (an int8 graph comes "
+                             f"from: promptdet export --out {m.weights} --dynamic --int8 --calib FRAMES)")
+        return recipe_predictor(OnnxModel(m.weights, providers=m.provider, detector_file=m.detector).predictor, recipe)
+    if m.detector is not None:
+        raise UsageError(f"{recipe.file}: model.detector {m.detector} needs model.weights to be an ONNX export folder")
     if exported:
         raise UsageError(f"{recipe.file}: model.weights {m.weights} is an ONNX export folder; set model.backend onnx")
     import promptdet
