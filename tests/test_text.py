@@ -306,3 +306,16 @@ def test_bad_sources_fail_without_a_hub_call(tmp_path, tiny_bert_dir):
         TextEncoder(str(tmp_path))
     with pytest.raises(UsageError, match="max_tokens"):
         TextEncoder(str(tiny_bert_dir), max_tokens=1000)
+
+
+@pytest.mark.parametrize("user_bars_on", [True, False])
+def test_loading_draws_no_bar_and_keeps_the_users_setting(tiny_bert_dir, capfd, user_bars_on):
+    from transformers.utils import logging as hf_logging
+
+    (hf_logging.enable_progress_bar if user_bars_on else hf_logging.disable_progress_bar)()
+    try:
+        TextEncoder(str(tiny_bert_dir))
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled() is user_bars_on
+    finally:
+        hf_logging.enable_progress_bar()

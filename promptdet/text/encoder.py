@@ -6,6 +6,7 @@ mean pooling as in sentence-transformers). A CLIP text tower uses its projected 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -59,6 +60,21 @@ def _resolve(name_or_path: str | Path | None) -> tuple[str, str, Path | None]:
     if path.exists() or path.is_absolute() or text.startswith((".", "~")) or "\\" in text:
         raise PromptdetError(f"text encoder folder {path} not found (give a folder with config.json)")
     return text, text, None
+
+
+@contextlib.contextmanager
+def _no_load_bar():
+    """transformers 5 draws a 'Loading weights' bar on stderr at every load, a line of noise in each
+    ``detect`` for a sub-second local read. Off for our load only; the user's setting comes back."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _load(source: str, local: bool):
@@ -130,7 +146,8 @@ class TextEncoder(nn.Module):
                  cache_size: int = 4096):
         super().__init__()
         self.name, self.source, folder = _resolve(name_or_path)
-        self.model, self.tokenizer, self.is_clip = _load(self.source, local=folder is not None)
+        with _no_load_bar():
+            self.model, self.tokenizer, self.is_clip = _load(self.source, local=folder is not None)
         self._folder = folder
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if not isinstance(max_tokens, int) or max_tokens < 3 or (limit and max_tokens > limit):
