@@ -35,7 +35,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,21 +71,21 @@ def frame_scores(records: list[dict], gt_path: Path) -> dict:
 
 
 class Anchor:
-    """YOLOE-26n ONNX graphs with K baked classes, one per size, built on first use (onnx_latency.py's
-    exporter); ``ms(sizes)`` is the median of bare forward passes at each size, summed."""
+    """YOLOE-26n ONNX graphs with K baked classes, one per size, built on first use by onnx_latency.py's
+    exporter; ``forward_ms(sizes)`` times bare forward passes at those sizes with its ``timed_pair``."""
 
     def __init__(self, k: int, work: Path, runs: int = 30, threads: int | None = None):
-        self.k, self.work, self.runs, self.threads = k, work, runs, threads
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import onnx_latency
+
+        self.bench, self.k, self.work, self.runs, self.threads = onnx_latency, k, work, runs, threads
         self.sessions = {}
 
     def session(self, size: int):
         if size not in self.sessions:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from onnx_latency import export_yoloe, ort_session
-
             folder = self.work / f"yoloe{size}"
             folder.mkdir(exist_ok=True)
-            self.sessions[size] = ort_session(export_yoloe(self.k, size, folder), self.threads)
+            self.sessions[size] = self.bench.ort_session(self.bench.export_yoloe(self.k, size, folder), self.threads)
         return self.sessions[size]
 
     def forward_ms(self, sizes: tuple[int, ...]) -> list[float]:
@@ -97,11 +96,7 @@ class Anchor:
         total = np.zeros(self.runs)
         for s in sizes:
             session, feed = self.session(s), {"images": np.random.default_rng(s).random((1, 3, s, s), dtype=np.float32)}
-            for i in range(self.runs + 3):
-                t0 = time.perf_counter()
-                session.run(None, feed)
-                if i >= 3:
-                    total[i - 3] += (time.perf_counter() - t0) * 1e3
+            total += self.bench.timed_pair([lambda: session.run(None, feed)], warmup=3, runs=self.runs)[0]
         return total.tolist()
 
 

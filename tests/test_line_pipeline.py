@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from promptdet.cli.main import app  # noqa: E402
+from promptdet.errors import UsageError  # noqa: E402
 from promptdet.line.pipeline import Inspector, LineStats, run_line  # noqa: E402
 from promptdet.line.recipe import recipe_from_dict  # noqa: E402
 from promptdet.line.sinks import JsonlSink, Sink  # noqa: E402
@@ -174,9 +175,8 @@ def test_warm_up_keeps_a_cold_first_run_from_failing_the_first_part(tmp_path, wa
 
 
 def test_a_model_that_fails_its_warm_up_stops_the_line_at_start_up(tmp_path):
-    from promptdet.errors import UsageError
-
     recipe = small_recipe(tmp_path)
+
     class BrokenPredictor(FixedPredictor):
         def __call__(self, *args, **kwargs):
             raise RuntimeError("inference blew up")
@@ -260,8 +260,6 @@ def test_onnx_recipe_naming_a_detector_graph_the_export_lacks(tmp_path):
     (weights / "promptdet.json").write_text("{}")  # enough for is_export_dir; never read further
     d = recipe_dict(weights, tmp_path, tmp_path)
     d["model"].update(backend="onnx", detector="detector_int8.onnx")
-    from promptdet.errors import UsageError
-
     with pytest.raises(UsageError, match=r"model.detector detector_int8.onnx is not in .*--int8 --calib"):
         build_predictor(recipe_from_dict(d))
 
