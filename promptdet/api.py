@@ -99,17 +99,21 @@ class PromptDet:
 
     # ---- detection ----
     def detect(self, source, prompts: str | list[str], conf: float = 0.25, iou: float = 0.6, max_det: int = 300,
-               imgsz: int | None = None, device: str = "cpu"):
+               imgsz: int | None = None, device: str = "cpu", abstain: bool = True):
         """Find what ``prompts`` describe in ``source``: a path, a numpy BGR array (HxW, HxWx3, HxWx4;
         uint8 or uint16) or a PIL image -> ``Detections``; a list of them -> a list of ``Detections``.
 
         ``prompts``: a list, or one string split on ';'. ``conf`` applies to every prompt; ``max_det``
         is per prompt; ``imgsz`` defaults to the training size. Boxes are in original-image pixels.
         Prompt embeddings are cached, so asking the same prompts again skips the text encoder.
+        ``abstain`` (default) withholds the boxes of an image unlike the training images and of a
+        prompt naming something never trained; ``abstain=False`` keeps them. Either way the result's
+        ``familiarity``, ``unfamiliar`` and ``unknown_prompts`` say what the model thinks.
         """
         from promptdet.predict import Predictor
 
-        predictor = Predictor(self, prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device=device)
+        predictor = Predictor(self, prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device=device,
+                              abstain=abstain)
         if isinstance(source, (list, tuple)):
             return [predictor.predict(s) for s in source]
         return predictor.predict(source)

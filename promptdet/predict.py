@@ -133,8 +133,8 @@ class Predictor(BasePredictor):
     backend = "torch"
 
     def __init__(self, model, prompts: str | list[str], conf: float = 0.25, iou: float = 0.6, max_det: int = 300,
-                 imgsz: int | None = None, device: str = "cpu"):
-        super().__init__(prompts, conf, iou, max_det, model.cfg.imgsz if imgsz is None else imgsz)
+                 imgsz: int | None = None, device: str = "cpu", abstain: bool = True):
+        super().__init__(prompts, conf, iou, max_det, model.cfg.imgsz if imgsz is None else imgsz, abstain)
         self.device = _device(device)
         self.encoder = model.encoder
         self.detector = model.detector.to(self.device).eval()
@@ -146,7 +146,7 @@ class Predictor(BasePredictor):
             enc = self.encoder.encode(self.prompts)
             return tuple(t[None].to(self.device) for t in (enc.pooled, enc.token_feats, enc.token_mask))
 
-    def _infer(self, x: np.ndarray, embeddings) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, x: np.ndarray, embeddings):
         import torch
 
         from promptdet.model.postprocess import candidate_boxes_scores
@@ -154,7 +154,8 @@ class Predictor(BasePredictor):
         with torch.inference_mode():
             out = self.detector(torch.from_numpy(x).to(self.device), *embeddings)
             boxes, scores = candidate_boxes_scores(out)
-            return boxes[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
+            return (boxes[0].float().cpu().numpy(), scores[0].float().cpu().numpy(),
+                    float(out.image_familiarity[0]), out.prompt_familiarity[0].float().cpu().numpy())
 
 
 @dataclass
@@ -167,10 +168,28 @@ class RunSummary:
     interrupted: bool = False
     stdout_closed: bool = False
     files: list[Path] = field(default_factory=list)
+    unfamiliar: int = 0  # images (frames) whose familiarity was below the model's threshold
+    unknown_prompts: set[int] = field(default_factory=set)
 
     @property
     def detections(self) -> int:
         return sum(self.per_prompt)
+
+    def abstain_lines(self, prompts: list[str], abstained: bool) -> list[str]:
+        """Why boxes were withheld (or would have been), once for the run, and what to do about it."""
+        from promptdet.text.prompts import shorten
+
+        what = "their boxes were withheld" if abstained else "boxes kept (--no-abstain)"
+        lines = []
+        if self.unfamiliar:
+            lines.append(f"abstained: {self.unfamiliar} of {self.processed} image(s) look unlike anything the model "
+                         f"was trained on (familiarity < 0.5): {what}")
+        for i in sorted(self.unknown_prompts):
+            lines.append(f"abstained: prompt {shorten(prompts[i], 40)!r} names nothing the model learned: {what}")
+        if lines:
+            lines.append("to judge these, fine-tune on your own labelled images (promptdet train --weights ... --data ...)"
+                         + ("; --no-abstain shows the boxes anyway" if abstained else ""))
+        return lines
 
 
 def run_sources(predictor: Predictor, sources: list[Source], writer: ResultWriter, on_error: Callable[[str], None],
@@ -194,6 +213,8 @@ def run_sources(predictor: Predictor, sources: list[Source], writer: ResultWrite
                             read_ms, keep_image=writer.save or writer.crops)
             writer.write(det)
             summary.processed += 1
+            summary.unfamiliar += det.unfamiliar
+            summary.unknown_prompts.update(det.unknown_prompts)
             for k in det.prompt_ids:
                 summary.per_prompt[int(k)] += 1
             bar.update(1)

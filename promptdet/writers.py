@@ -32,7 +32,10 @@ class ResultWriter:
     labels/<image>.txt + classes.txt (yolo); <image>.jpg annotated (``save``); crops/<k>_<prompt>/ (``crops``).
     """
 
-    CSV_FIELDS = ("image", "width", "height", "prompt_index", "prompt", "score", "x1", "y1", "x2", "y2", "frame")
+    # One row per box; an image that got no box (nothing there, or an abstention) gets one row with
+    # empty box fields, so its familiarity and flags are never lost.
+    CSV_FIELDS = ("image", "width", "height", "prompt_index", "prompt", "score", "x1", "y1", "x2", "y2", "frame",
+                  "familiarity", "unfamiliar", "unknown_prompts", "abstained")
 
     def __init__(self, fmt: str, prompts: list[str], out: Path | None, stream=None, save: bool = False,
                  crops: bool = False):
@@ -74,9 +77,15 @@ class ResultWriter:
         if self.fmt == "jsonl":
             self._stream.write(json.dumps(obj) + "\n")
         elif self.fmt == "csv":
+            flags = [obj["familiarity"], int(obj["unfamiliar"]), ";".join(map(str, obj["unknown_prompts"])),
+                     int(obj["abstained"])]
+            frame = "" if det.frame is None else det.frame
             for d in obj["detections"]:
                 self._csv.writerow([obj["image"], obj["width"], obj["height"], d["prompt_index"], d["prompt"],
-                                    d["score"], *d["box"], "" if det.frame is None else det.frame])
+                                    d["score"], *d["box"], frame, *flags])
+            if not obj["detections"]:
+                self._csv.writerow([obj["image"], obj["width"], obj["height"], "", "", "", "", "", "", "", frame,
+                                    *flags])
         elif self.fmt == "yolo":
             w, h = det.image_wh
             text = ""
@@ -136,7 +145,7 @@ class ResultWriter:
 
 
 def coco_results(objs: list[dict]) -> tuple[list[dict], list[dict]]:
-    """promptdet.detections/1 objects -> (COCO images, COCO results). category_id = prompt_index + 1.
+    """promptdet.detections/2 objects -> (COCO images, COCO results). category_id = prompt_index + 1.
 
     image_id is the file name's number when every input is a still image named by a distinct number
     (000000397133.jpg -> 397133, as COCO names its images), else 1, 2, ... in processing order.

@@ -122,7 +122,8 @@ def test_detections_json_round_trip_plot_and_save(tmp_path, n):
                      {"infer": 1.5}, image_bgr=np.zeros((48, 64, 3), np.uint8))
     obj = det.to_json()
     assert len(det) == n and obj["schema"] == SCHEMA and "frame" not in obj
-    assert set(obj) == {"schema", "image", "width", "height", "prompts", "detections", "timing_ms"}
+    assert set(obj) == {"schema", "image", "width", "height", "prompts", "detections", "timing_ms", "familiarity",
+                        "unfamiliar", "prompt_familiarity", "unknown_prompts", "abstained"}
     assert set(obj["timing_ms"]) == {"read", "text", "preprocess", "infer", "post", "total"}
     assert [d["prompt"] for d in obj["detections"]] == [PROMPTS[i] for i in [0, 1, 1][:n]]
     back = Detections.from_json(json.loads(json.dumps(obj)))

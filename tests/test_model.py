@@ -176,7 +176,7 @@ def test_candidate_boxes_are_valid_xyxy_even_when_a_side_is_negative():
     raw = torch.tensor([[[10.0, 10.0, 5.0, 20.0], [0.0, 0.0, 4.0, 4.0]]])  # first box has x2 < x1
     out = DetectorOutput(torch.zeros(1, 2, 4), raw, torch.zeros(1, 1, 2), torch.tensor([[[0, 1]]]),
                          torch.zeros(1, 1, 2), torch.ones(1, 1, 2, dtype=torch.bool), torch.zeros(2, 2), torch.ones(2, 1),
-                         torch.zeros(1, 2, 8))
+                         torch.zeros(1, 2, 8), torch.ones(1), torch.ones(1, 1))
     boxes, _ = candidate_boxes_scores(out)
     assert torch.equal(boxes[0, 0, 0], torch.tensor([5.0, 10.0, 10.0, 20.0]))
     assert (boxes[..., 2:] >= boxes[..., :2]).all()

@@ -65,10 +65,13 @@ def detect(
     save_crops: bool = typer.Option(False, "--save-crops", help="Write each box's pixels into --out/crops/."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary and no progress bar on stderr."),
     fail_on_detect: bool = typer.Option(False, "--fail-on-detect", help="Exit with code 3 when anything is found."),
+    abstain: bool = typer.Option(True, "--abstain/--no-abstain",
+                                 help="Withhold the boxes of images unlike the training images and of prompts naming "
+                                      "something never trained (default). --no-abstain keeps them, still flagged."),
 ) -> None:
     """Find what the prompts describe in images, videos or a camera.
 
-    Results (promptdet.detections/1, see the README) go to stdout, or into --out.
+    Results (promptdet.detections/2, see the README) go to stdout, or into --out.
 
     Progress, errors and the summary go to stderr.
 
@@ -121,13 +124,14 @@ def detect(
             onnx_model = OnnxModel(weights, providers=providers)
             if not quiet:
                 say(f"onnxruntime provider: {onnx_model.provider}")
-            predictor = onnx_model.predictor(prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz)
+            predictor = onnx_model.predictor(prompts, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
+                                             abstain=abstain)
         else:
             import promptdet
             from promptdet.predict import Predictor
 
             predictor = Predictor(promptdet.load(weights), prompts, conf=conf, iou=iou, max_det=max_det,
-                                  imgsz=imgsz, device=device)
+                                  imgsz=imgsz, device=device, abstain=abstain)
         writer = ResultWriter(fmt, predictor.prompts, out, sys.stdout, save, save_crops)
         progress = not quiet and sys.stderr.isatty() and (len(found) > 1 or found[0].kind != "image")
         summary = run_sources(predictor, found, writer, lambda line: say(f"error: {line}"), skipped, progress)
@@ -141,6 +145,9 @@ def detect(
             f"{' (' + ', '.join(extra) + ')' if extra else ''}: "
             f"{summary.detections} detections ({per}) in {summary.seconds:.1f} s, {ms:.0f} ms per image"
             + (f"; results in {out}" if out is not None else ""))
+    if not quiet:
+        for line in summary.abstain_lines(predictor.prompts, abstain):
+            say(line)
     if summary.stdout_closed:  # keep Python's exit-time flush from complaining about the closed pipe
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -264,6 +271,47 @@ def val(
                                               out=str(out), device=device)
     typer.echo(format_table(metrics))
     typer.echo(f"metrics written to {out / 'metrics.json'}", err=True)
+
+
+@app.command()
+def calibrate(
+    data_path: str = typer.Option(..., "--data", help="Dataset YAML the model was trained on (its train and val sources)."),
+    weights: str = typer.Option(None, "--weights", help="Checkpoint or run folder (default: the bundled model)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the calibrated checkpoint (e.g. runs/mine/calibrated)."),
+    imgsz: str = typer.Option("", "--imgsz", help="Sizes the model will run at, e.g. '640,768' (default: its own size)."),
+    images: int = typer.Option(600, "--images", min=20, help="Training images to fit the image statistics on."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+) -> None:
+    """Fit what the model knows it learned (image and prompt familiarity) and save it with the weights.
+
+    After this, detect withholds boxes for an image unlike the training images and for a prompt
+    naming something never trained, and says so (see --no-abstain). promptdet train does this itself.
+    """
+    with user_errors():
+        import dataclasses
+
+        import promptdet
+        from promptdet.errors import UsageError
+        from promptdet.train.checkpoint import save_checkpoint
+        from promptdet.train.familiarity_fit import calibrate as fit
+
+        try:
+            sizes = tuple(int(v) for v in imgsz.replace(" ", "").split(",") if v) or None
+        except ValueError:
+            raise UsageError(f"--imgsz {imgsz!r}: expected sizes such as 640 or 640,768") from None
+        model = promptdet.load(weights)
+        sizes = sizes or (model.cfg.imgsz,)
+        bad = [s for s in sizes if s < 32 or s % 32]
+        if bad:
+            raise UsageError(f"--imgsz {bad[0]}: sizes must be multiples of 32 (at least 32)")
+        report = fit(model, data_path, sizes, images=images, device=device,
+                     log=lambda line: typer.echo(line, err=True))
+        for line in report.lines():
+            typer.echo(line, err=True)
+        tensors = {f"model.{k}": v for k, v in model.detector.state_dict().items()}
+        meta = {"model": dataclasses.asdict(model.cfg), "calibration": {"data": data_path, "sizes": list(sizes),
+                                                                         **dataclasses.asdict(report)}}
+        typer.echo(str(save_checkpoint(out, tensors, meta)))
 
 
 @app.command()

@@ -18,7 +18,9 @@ from torch.utils.data import Dataset
 
 from promptdet.data.pairs import InstructionPair
 from promptdet.data.sources import LoadedSource
-from promptdet.data.synth.instruct import generate_instructions, matches, weighted_types
+from promptdet.data.query import context, matches
+from promptdet.data.synth.instruct import generate_instructions, weighted_types
+from promptdet.data.synth.logic import LOGIC_TYPES
 from promptdet.data.vocab import DEFECTS
 from promptdet.runtime.preprocess import letterbox
 
@@ -51,9 +53,14 @@ DEFECT_KINDS = ("none",) + DEFECTS
 def group_boxes(pair: InstructionPair, scene: dict | None) -> list[list[float]]:
     """The parts stage 1 should find for ``pair``: its answer, widened by the query's context."""
     query = pair.extra.get("query")
-    if scene is None or not query or pair.type in ("category", "attribute", "defect", "absent"):
+    if scene is None or not query:
         return pair.boxes_xyxy
     objects = scene["objects"]
+    if query.get("form") or query.get("absent") in LOGIC_TYPES:
+        # "undamaged nuts" is about the nuts: stage 1 finds them all, the later stages pick.
+        return [list(map(float, o["bbox"])) for o in objects if matches(o, context(query["select"]))]
+    if pair.type in ("category", "attribute", "defect", "absent"):
+        return pair.boxes_xyxy
     members = [o for o in objects if matches(o, query["select"])]
     if pair.type == "relation":
         members += [o for o in objects if o["id"] == query.get("ref_id")]

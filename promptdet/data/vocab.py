@@ -41,6 +41,11 @@ INSTRUCTION_TYPES = (
     "superlative",
     "relation",
     "count",
+    "negation",
+    "exclusion",
+    "disjunction",
+    "conjunction",
+    "jargon",
     "absent",
 )
 

@@ -15,7 +15,8 @@ from promptdet.model.postprocess import candidate_boxes_scores
 
 class DetectorGraph(nn.Module):
     """images [B, 3, S, S] float RGB 0-1, pooled [K, Dt], tokens [K, T, Dt], token_mask [K, T] bool
-    -> boxes [B, K, M, 4] xyxy input pixels, scores [B, K, M] in 0-1 (0 marks a non-candidate)."""
+    -> boxes [B, K, M, 4] xyxy input pixels, scores [B, K, M] in 0-1 (0 marks a non-candidate),
+    familiarity [B] and prompt_familiarity [K] in 0-1 (below 0.5: unfamiliar image, unknown prompt)."""
 
     def __init__(self, detector: nn.Module):
         super().__init__()
@@ -23,7 +24,8 @@ class DetectorGraph(nn.Module):
 
     def forward(self, images, pooled, tokens, token_mask):
         out = self.detector(images, pooled.unsqueeze(0), tokens.unsqueeze(0), token_mask.unsqueeze(0))
-        return candidate_boxes_scores(out)
+        boxes, scores = candidate_boxes_scores(out)
+        return boxes, scores, out.image_familiarity, out.prompt_familiarity[0]
 
 
 class BakedDetectorGraph(nn.Module):

@@ -27,13 +27,14 @@ from promptdet import __version__
 from promptdet.errors import PromptdetError, UsageError
 from promptdet.export.graphs import BakedDetectorGraph, DetectorGraph, TextEncoderGraph
 from promptdet.model.head import STRIDES
+from promptdet.runtime.predictor import FAMILIARITY_MIN
 from promptdet.runtime.preprocess import PAD_VALUE
 from promptdet.text.prompts import normalize_prompts
 
 EXPORT_FORMAT = "promptdet-export/1"
 DEFAULT_OPSET = 17
 DETECTOR_INPUTS = ["images", "pooled", "tokens", "token_mask"]
-DETECTOR_OUTPUTS = ["boxes", "scores"]
+DETECTOR_OUTPUTS = ["boxes", "scores", "familiarity", "prompt_familiarity"]
 TEXT_INPUTS = ["input_ids", "attention_mask"]
 TEXT_OUTPUTS = ["pooled", "tokens"]
 # Sample prompts for tracing: several lengths, so nothing about the prompt count or length is baked in.
@@ -134,10 +135,11 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
     det_path = out / "detector.onnx"
     log(f"exporting {det_path.name} (imgsz {imgsz}, {'dynamic batch and size' if dynamic else 'fixed size'}) ...")
     axes = {"pooled": {0: "prompts"}, "tokens": {0: "prompts", 1: "words"}, "token_mask": {0: "prompts", 1: "words"},
-            "boxes": {1: "prompts"}, "scores": {1: "prompts"}}
+            "boxes": {1: "prompts"}, "scores": {1: "prompts"}, "prompt_familiarity": {0: "prompts"}}
     if dynamic:
         axes["images"] = {0: "batch", 2: "height", 3: "width"}
         axes["boxes"][0] = axes["scores"][0] = "batch"
+        axes["familiarity"] = {0: "batch"}
     _to_onnx(DetectorGraph(detector), (images, enc.pooled, enc.token_feats, enc.token_mask), det_path,
              DETECTOR_INPUTS, DETECTOR_OUTPUTS, axes, opset)
     _finish(det_path, simplify)
@@ -149,7 +151,8 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
         log(f"exporting {baked_path.name} with {len(baked)} fixed prompt(s) ...")
         graph = BakedDetectorGraph(detector, baked_enc.pooled, baked_enc.token_feats, baked_enc.token_mask)
         _to_onnx(graph, (images,), baked_path, ["images"], DETECTOR_OUTPUTS,
-                 {"images": {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "batch"}, "scores": {0: "batch"}}
+                 {"images": {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "batch"}, "scores": {0: "batch"},
+                  "familiarity": {0: "batch"}}
                  if dynamic else {}, opset)
         _finish(baked_path, simplify)
         files["detector_baked"] = baked_path.name
@@ -172,6 +175,10 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
                          "dim": encoder.dim, "token_dim": encoder.token_dim,
                          "pooling": "clip_projection" if encoder.is_clip else "mean"},
         "thresholds": {"conf": 0.25, "iou": 0.6, "max_det": 300},
+        # Below these, an image is unfamiliar (all its boxes withheld) and a prompt unknown (its
+        # boxes withheld); both scores come out of detector.onnx, calibrated to cross 0.5 there.
+        "abstain": {"familiarity_min": FAMILIARITY_MIN, "prompt_familiarity_min": FAMILIARITY_MIN,
+                    "calibrated": bool(float(detector.familiarity.calibrated) > 0)},
         "preprocess": {"resize": "letterbox", "keep_aspect": True, "centre": True, "pad_value": PAD_VALUE,
                        "color": "RGB", "scale": 1 / 255, "layout": "NCHW", "dtype": "float32"},
         "inputs": {"images": ["batch" if dynamic else 1, 3, "height" if dynamic else imgsz,
@@ -179,7 +186,8 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
                    "pooled": ["prompts", encoder.dim], "tokens": ["prompts", "words", encoder.token_dim],
                    "token_mask": ["prompts", "words"]},
         "outputs": {"boxes": ["batch", "prompts", model.cfg.max_candidates, 4],
-                    "scores": ["batch", "prompts", model.cfg.max_candidates]},
+                    "scores": ["batch", "prompts", model.cfg.max_candidates],
+                    "familiarity": ["batch"], "prompt_familiarity": ["prompts"]},
         "baked_prompts": baked,
         "files": files,
         # The runtime refuses a graph whose hash differs: a file swapped in from another export.

@@ -107,10 +107,16 @@ def check_parity(model, export_dir: str | Path, detector_file: str | None = None
             prompts = PARITY_PROMPTS[:k] if onnx_model.takes_prompts else onnx_model.baked_prompts
             e = encoder.encode(prompts)
             with torch.no_grad():
-                ref_boxes, ref_scores = graph(torch.from_numpy(x), e.pooled, e.token_feats, e.token_mask)
-            boxes, scores = onnx_model.run(x, e.pooled.numpy(), e.token_feats.numpy(), e.token_mask.numpy())
+                ref_boxes, ref_scores, ref_fam, ref_pfam = graph(torch.from_numpy(x), e.pooled, e.token_feats,
+                                                                 e.token_mask)
+            boxes, scores, fam, pfam = onnx_model.run_all(x, e.pooled.numpy(), e.token_feats.numpy(),
+                                                          e.token_mask.numpy())
             box_diff, score_diff = compare_candidates(boxes, scores, ref_boxes.numpy(), ref_scores.numpy(),
                                                       score_limit)
+            # The familiarity scores are compared as scores are: the same limit, both sides of 0.5 alike.
+            fam_diff = float(max(np.abs(fam - ref_fam.numpy()).max(initial=0.0),
+                                 np.abs(pfam - ref_pfam.numpy()).max(initial=0.0)))
+            score_diff = max(score_diff, fam_diff)
             passed = box_diff < box_limit and score_diff < score_limit
             ok &= passed
             report["cases"].append({"input": label, "prompts": k, "box_diff_px": box_diff, "score_diff": score_diff,

@@ -25,6 +25,7 @@ from promptdet.line.rules import decide, evaluate_check
 from promptdet.line.sinks import ImageSink, Sink
 from promptdet.line.sources import Frame, SourceStats
 from promptdet.runtime.preprocess import PAD_VALUE
+from promptdet.text.prompts import shorten
 
 STAGES = ("decode", "preprocess", "infer", "post", "sinks")
 
@@ -126,7 +127,8 @@ class Inspector:
                 results.append(evaluate_check(check.name, check.rule, det.boxes_xyxy[mine], det.scores[mine],
                                               check.roi, conf, check.roi_mode))
             elapsed = (time.time() - frame.t_capture) * 1e3
-            verdict = decide(results, r.deadline_ms, elapsed, part_id=self.part_id(frame))
+            verdict = decide(results, r.deadline_ms, elapsed, part_id=self.part_id(frame), unfamiliar=det.unfamiliar)
+            familiarity = det.familiarity
             stage = {"decode": det.timing_ms.get("read", 0.0), "preprocess": det.timing_ms.get("preprocess", 0.0),
                      "infer": det.timing_ms.get("infer", 0.0) + det.timing_ms.get("text", 0.0),
                      "post": det.timing_ms.get("post", 0.0)}
@@ -134,9 +136,9 @@ class Inspector:
             elapsed = (time.time() - frame.t_capture) * 1e3
             verdict = decide([], r.deadline_ms, elapsed, part_id=self.part_id(frame),
                              error=f"{type(exc).__name__}: {exc}")
-            stage = {}
+            stage, familiarity = {}, None
         record = verdict.to_record()
-        record.update(frame=frame.index, source=frame.name)
+        record.update(frame=frame.index, source=frame.name, familiarity=None if familiarity is None else round(familiarity, 5))
         return record, stage
 
     def warm_up(self, runs: int = 2, size_wh: tuple[int, int] = (640, 480)) -> float:
@@ -151,9 +153,16 @@ class Inspector:
         t0 = time.perf_counter()
         for _ in range(runs):
             try:
-                self.predictor(blank, "warm-up", None, keep_image=False)
+                det = self.predictor(blank, "warm-up", None, keep_image=False)
             except Exception as exc:  # noqa: BLE001 - reported as one line, the line does not start
                 raise UsageError(f"the model failed its warm-up run: {type(exc).__name__}: {exc}") from exc
+        if det.unknown_prompts:
+            # A check the model cannot understand would PASS every part: refuse it before the first one.
+            i = det.unknown_prompts[0]
+            raise UsageError(f"check {self.recipe.checks[i].name!r}: the model does not know what "
+                             f"{shorten(self.recipe.prompts[i], 60)!r} means (prompt familiarity "
+                             f"{float(det.prompt_familiarity[i]):.2f} < 0.5); reword it in the words of the "
+                             "model's training, or fine-tune the model on your own labelled images")
         return (time.perf_counter() - t0) * 1e3
 
     @staticmethod

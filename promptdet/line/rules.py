@@ -29,6 +29,7 @@ COMPARISONS = (">=", "<=", "==", "!=", ">", "<")
 MAX_RULE_CHARS = 200  # a rule is one line in a recipe; anything longer is a mistake, not a rule
 VERDICTS = ("PASS", "FAIL", "ERROR")
 TIMEOUT = "timeout"
+UNFAMILIAR = "unfamiliar"  # the frame is unlike the training images: the model cannot judge it
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?|\.\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
                     r"|(?P<op>>=|<=|==|!=|>|<)|(?P<paren>[()]))")
@@ -293,10 +294,12 @@ class Verdict:
 
 
 def decide(check_results: Sequence[CheckResult], deadline_ms: float | None, elapsed_ms: float, *,
-           part_id: str = "", error: str | None = None, ts: float | None = None) -> Verdict:
+           part_id: str = "", error: str | None = None, ts: float | None = None, unfamiliar: bool = False) -> Verdict:
     """Combine check results into a verdict.
 
-    ERROR when ``error`` is given or any check has one; otherwise FAIL when the deadline was missed
+    ERROR when ``error`` is given, any check has one, or the frame is ``unfamiliar`` (unlike the
+    model's training images: its empty answer would be a PASS nobody can vouch for; reason
+    ``unfamiliar``); otherwise FAIL when the deadline was missed
     (fail-safe: a late answer cannot be trusted to reach the reject gate in time) or any rule fired;
     else PASS. An empty ``check_results`` with no error is an ERROR: nothing was judged.
     """
@@ -306,11 +309,13 @@ def decide(check_results: Sequence[CheckResult], deadline_ms: float | None, elap
     reasons += [f"error: {c.name}: {c.error}" for c in check_results if c.error is not None]
     if not check_results and error is None:
         reasons.append("error: no checks were evaluated")
+    if unfamiliar:
+        reasons.append(UNFAMILIAR)
     late = deadline_ms is not None and (not math.isfinite(elapsed_ms) or elapsed_ms > deadline_ms)
     if late:
         reasons.append(TIMEOUT)
     reasons += [f"failed: {c.name}" for c in check_results if c.error is None and c.failed]
-    if any(r.startswith("error:") for r in reasons):
+    if unfamiliar or any(r.startswith("error:") for r in reasons):
         verdict = "ERROR"
     elif reasons:
         verdict = "FAIL"

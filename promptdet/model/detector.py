@@ -13,6 +13,7 @@ from torch import nn
 
 from promptdet.config import ModelConfig
 from promptdet.model.backbone import Backbone
+from promptdet.model.familiarity import Familiarity, pooled_image_features
 from promptdet.model.fusion import CandidateReasoner
 from promptdet.model.head import DetectHead, PromptSimilarity, TextProjection
 from promptdet.model.neck import PanNeck
@@ -30,6 +31,8 @@ class DetectorOutput:
         (after the crop verifier, when the model has one).
     anchor_points [A, 2], stride_tensor [A, 1]: anchor centres in stride units, and strides.
     region_embeds [B, A, D]: the region embeddings the prompts are compared with (not normalized).
+    image_familiarity [B], prompt_familiarity [B|1, K]: in 0-1, how much the image and each prompt
+        resemble what the model was trained on (1.0 when the model is uncalibrated; see familiarity.py).
     """
 
     box_dist: torch.Tensor
@@ -41,6 +44,8 @@ class DetectorOutput:
     anchor_points: torch.Tensor
     stride_tensor: torch.Tensor
     region_embeds: torch.Tensor
+    image_familiarity: torch.Tensor
+    prompt_familiarity: torch.Tensor
 
 
 class PromptDetector(nn.Module):
@@ -61,10 +66,13 @@ class PromptDetector(nn.Module):
         self.reasoner = CandidateReasoner(cfg.embed_dim, cfg.reason_layers, cfg.reason_heads, cfg.max_candidates)
         self.verifier = CropVerifier(cfg.text_dim, cfg.embed_dim, cfg.verify_top_k, cfg.verify_crop) \
             if cfg.verify_top_k else None
+        channels = self.backbone.out_channels
+        self.familiarity = Familiarity(sum(channels) + channels[-1], cfg.text_dim)
 
     def forward(self, images: torch.Tensor, pooled: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor) -> DetectorOutput:
-        feats = self.neck(*self.backbone(images))
+        levels = self.backbone(images)
+        feats = self.neck(*levels)
         box_dist, boxes, region, anchor_points, stride_tensor = self.head(feats)
         prompt_vecs, word_feats = self.text_proj(pooled, tokens, token_mask)
         dense = self.similarity(region, prompt_vecs)
@@ -76,4 +84,6 @@ class PromptDetector(nn.Module):
                                                 token_mask)
         if self.verifier is not None:
             cand_logits = self.verifier(images, boxes, idx, cand_logits, pooled, tokens, token_mask)
-        return DetectorOutput(box_dist, boxes, dense, idx, cand_logits, valid, anchor_points, stride_tensor, region)
+        image_fam, prompt_fam = self.familiarity(pooled_image_features(levels), pooled)
+        return DetectorOutput(box_dist, boxes, dense, idx, cand_logits, valid, anchor_points, stride_tensor, region,
+                              image_fam, prompt_fam)

@@ -44,5 +44,10 @@ class MultiScalePredictor:
         ms = {key: sum(d.timing_ms.get(key, 0.0) for d in dets) for key in TIMING_KEYS}
         ms["read"], ms["total"] = read_ms, ms["total"] + read_ms
         h, w = image_bgr.shape[:2]
+        # The least familiar view speaks for the image: one size that looks unlike training is enough.
+        worst = min(dets, key=lambda d: d.familiarity)
+        prompt_fam = np.min(np.stack([d.prompt_familiarity for d in dets]), axis=0)
+        unknown = sorted({i for d in dets for i in d.unknown_prompts})
         return Detections(boxes, scores, ids, self.prompts, (w, h), image, ms, frame,
-                          image_bgr if keep_image else None)
+                          image_bgr if keep_image else None, worst.familiarity, worst.unfamiliar, prompt_fam,
+                          unknown, any(d.abstained for d in dets))

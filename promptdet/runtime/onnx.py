@@ -155,7 +155,10 @@ class OnnxModel:
         got = [i.name for i in self.detector.get_inputs()]
         want = ["images"] if name == self.meta["files"].get("detector_baked") else \
             ["images", "pooled", "tokens", "token_mask"]
-        if got != want or [o.name for o in self.detector.get_outputs()] != ["boxes", "scores"]:
+        outputs = [o.name for o in self.detector.get_outputs()]
+        # Exports from before familiarity have two outputs: they run, reporting familiarity 1.0.
+        self.has_familiarity = outputs == ["boxes", "scores", "familiarity", "prompt_familiarity"]
+        if got != want or (outputs != ["boxes", "scores"] and not self.has_familiarity):
             raise PromptdetError(f"{self.dir / name}: inputs {got} are not a promptdet detector's {want}; "
                                  "wrong file, or an export from another version")
         if want[-1] == "token_mask":
@@ -254,15 +257,34 @@ class OnnxModel:
         if self.takes_prompts:
             feed.update(pooled=np.ascontiguousarray(pooled, np.float32), tokens=np.ascontiguousarray(tokens, np.float32),
                         token_mask=np.ascontiguousarray(token_mask, bool))
-        boxes, scores = self.detector.run(None, feed)
+        boxes, scores = self.run_all(images, pooled, tokens, token_mask, feed)[:2]
         return boxes, scores
 
+    def run_all(self, images: np.ndarray, pooled: np.ndarray, tokens: np.ndarray, token_mask: np.ndarray,
+                feed: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``run`` plus the image familiarity [B] and the prompt familiarity [K] (1.0 for old exports)."""
+        k = len(pooled) if self.takes_prompts else len(self.baked_prompts)
+        if feed is None:
+            if self.takes_prompts and len(pooled) == 0:
+                boxes, scores = self.run(images, pooled, tokens, token_mask)
+                return boxes, scores, np.ones(len(images), np.float32), np.ones(0, np.float32)
+            feed = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+            if self.takes_prompts:
+                feed.update(pooled=np.ascontiguousarray(pooled, np.float32),
+                            token_mask=np.ascontiguousarray(token_mask, bool),
+                            tokens=np.ascontiguousarray(tokens, np.float32))
+        outs = self.detector.run(None, feed)
+        if self.has_familiarity:
+            return outs[0], outs[1], outs[2], outs[3]
+        return outs[0], outs[1], np.ones(len(images), np.float32), np.ones(k, np.float32)
+
     def predictor(self, prompts: str | list[str], conf: float | None = None, iou: float | None = None,
-                  max_det: int | None = None, imgsz: int | None = None) -> OnnxPredictor:
-        return OnnxPredictor(self, prompts, conf, iou, max_det, imgsz)
+                  max_det: int | None = None, imgsz: int | None = None, abstain: bool = True) -> OnnxPredictor:
+        return OnnxPredictor(self, prompts, conf, iou, max_det, imgsz, abstain)
 
     def detect(self, source, prompts: str | list[str] | None = None, conf: float | None = None,
-               iou: float | None = None, max_det: int | None = None, imgsz: int | None = None, device: str | None = None):
+               iou: float | None = None, max_det: int | None = None, imgsz: int | None = None, device: str | None = None,
+               abstain: bool = True):
         """Like ``PromptDet.detect``: a path, numpy BGR array or PIL image (or a list of them) -> Detections.
 
         Thresholds default to the ones in promptdet.json. ``device`` is accepted for symmetry with
@@ -272,7 +294,7 @@ class OnnxModel:
             if not self.baked_prompts:
                 raise UsageError("prompts are required (this export has no baked prompts)")
             prompts = self.baked_prompts
-        predictor = self.predictor(prompts, conf, iou, max_det, imgsz)
+        predictor = self.predictor(prompts, conf, iou, max_det, imgsz, abstain)
         if isinstance(source, (list, tuple)):
             return [predictor.predict(s) for s in source]
         return predictor.predict(source)
@@ -283,13 +305,13 @@ class OnnxPredictor(BasePredictor):
 
     backend = "onnx"
 
-    def __init__(self, model: OnnxModel, prompts, conf=None, iou=None, max_det=None, imgsz=None):
+    def __init__(self, model: OnnxModel, prompts, conf=None, iou=None, max_det=None, imgsz=None, abstain=True):
         th = model.meta.get("thresholds", {})
         conf = th.get("conf", 0.25) if conf is None else conf
         iou = th.get("iou", 0.6) if iou is None else iou
         max_det = th.get("max_det", 300) if max_det is None else max_det
         imgsz = model.imgsz if imgsz is None else imgsz
-        super().__init__(prompts, conf, iou, max_det, imgsz)
+        super().__init__(prompts, conf, iou, max_det, imgsz, abstain)
         if imgsz != model.imgsz and not model.meta.get("dynamic"):
             raise UsageError(f"imgsz {imgsz}: this export has a fixed size of {model.imgsz} "
                              "(export again with --dynamic, or leave imgsz unset)")
@@ -301,9 +323,9 @@ class OnnxPredictor(BasePredictor):
     def _encode(self):
         return self.model.encode(self.prompts) if self.model.takes_prompts else (None, None, None)
 
-    def _infer(self, x: np.ndarray, embeddings) -> tuple[np.ndarray, np.ndarray]:
-        boxes, scores = self.model.run(x, *embeddings)
-        return boxes[0], scores[0]
+    def _infer(self, x: np.ndarray, embeddings):
+        boxes, scores, familiarity, prompt_fam = self.model.run_all(x, *embeddings)
+        return boxes[0], scores[0], float(familiarity[0]), prompt_fam
 
 
 def is_export_dir(path: Any) -> bool:

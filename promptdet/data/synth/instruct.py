@@ -14,10 +14,16 @@ from typing import Any
 import numpy as np
 
 from promptdet.data.pairs import InstructionPair
+from promptdet.data.query import matches
 from promptdet.data.synth import templates as T
+from promptdet.data.synth.logic import BUILDERS as LOGIC_BUILDERS
+from promptdet.data.synth.logic import LOGIC_TYPES
 from promptdet.data.vocab import CATEGORIES, COLORS, COLORS_BY_CATEGORY, DEFECTS, DEFECTS_BY_CATEGORY
 
 POSITIVE_TYPES = ("category", "attribute", "defect", "spatial", "superlative", "relation", "count")
+# The boolean forms are asked only when named (``type_weights``), so the default mix, and the
+# stored val/test files made with it, stay as they were.
+ALL_TYPES = POSITIVE_TYPES + LOGIC_TYPES
 
 # Margins that make an answer unambiguous to a person (fractions of the image side / ratios).
 SPATIAL_MARGIN = 0.04  # the extreme part's centre beats the runner-up by 4% of the image side
@@ -25,21 +31,7 @@ SIZE_RATIO = 1.3  # the largest part is 1.3x the runner-up's area (both box and 
 NEXT_TO_RATIO = 1.6  # the nearest part is 1.6x closer than the next one
 
 
-# ---- the meaning of a query: shared by the generator and kept simple enough to check by hand ----
-
-def matches(obj: dict, select: dict) -> bool:
-    """Whether ``obj`` fits a selector ``{"category", "color", "defect"}`` (None = any; defect "any")."""
-    if select.get("category") and obj["category"] != select["category"]:
-        return False
-    if select.get("color") and obj["color"] != select["color"]:
-        return False
-    defect = select.get("defect")
-    if defect == "any":
-        return bool(obj["defects"])
-    if defect:
-        return defect in obj["defects"]
-    return True
-
+# ---- geometry of the answers, kept simple enough to check by hand ----
 
 def _center(box) -> tuple[float, float]:
     return (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
@@ -276,14 +268,16 @@ def _absent(rng, split, select, kind):
 
 def weighted_types(type_weights: dict[str, int] | None = None) -> tuple[str, ...]:
     """The ``types`` cycle of ``generate_instructions`` in which a type of weight w gets w turns
-    per round ({"defect": 2}: defect instructions asked twice as often). ValueError names a bad entry."""
+    per round ({"defect": 2}: defect instructions asked twice as often). The positive types are
+    always in it; a boolean form (``LOGIC_TYPES``) only when it is given a weight.
+    ValueError names a bad entry."""
     weights = type_weights or {}
     for name, value in weights.items():
-        if name not in POSITIVE_TYPES:
-            raise ValueError(f"unknown type {name!r} (valid: {', '.join(POSITIVE_TYPES)})")
+        if name not in ALL_TYPES:
+            raise ValueError(f"unknown type {name!r} (valid: {', '.join(ALL_TYPES)})")
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10:
             raise ValueError(f"'{name}={value}': the weight must be a whole number from 1 to 10")
-    return tuple(t for t in POSITIVE_TYPES for _ in range(weights.get(t, 1)))
+    return tuple(t for t in ALL_TYPES if t in POSITIVE_TYPES or t in weights for _ in range(weights.get(t, 1)))
 
 
 def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "train", per_image: int = 6,
@@ -341,4 +335,6 @@ def _build(rng, objects, split, kind, size_wh) -> Any:
         return _relation_query(rng, objects, split, size_wh)
     if kind == "count":
         return _count_query(rng, objects, split)
-    raise ValueError(f"unknown instruction type {kind!r}; expected one of {POSITIVE_TYPES}")
+    if kind in LOGIC_BUILDERS:
+        return LOGIC_BUILDERS[kind](rng, objects, split)
+    raise ValueError(f"unknown instruction type {kind!r}; expected one of {ALL_TYPES}")

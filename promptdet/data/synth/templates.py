@@ -150,6 +150,12 @@ _IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child
 # make the instruction silently false after augmentation.
 _PROTECTED = re.compile(
     r"left|right|top|bottom|upper|lower|above|below|high|low|most|"
+    # the words that carry a boolean instruction's meaning ("except" -> "exept" would lose the "not")
+    r"^(?:not|no|non|without|except|excluding|other|apart|besides|but|leaving|still|free|intact|undamaged|"
+    r"uncracked|unscratched|undented|unstained|unblemished|capped|clean|good|sound|either|or|and|plus|pass|"
+    r"passes|passing|reject|rejects|rejected|conforming|nonconforming|accepted|acceptable|isn't|fail|fails|failed|"
+    r"spec|scrap|scrapped|broken|worn|faulty|damaged|defective|conform|meet|meets|findings|condition)$|"
+    r"-free|^non-|"
     + "|".join(w for ws in COLOR_WORDS.values() for w in ws),
     re.IGNORECASE,
 )
