@@ -111,8 +111,8 @@ def slim_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> Path
     This is how the bundled model is made small; loading upcasts to float32 again.
     """
     tensors, meta = load_checkpoint(src)
-    # Familiarity statistics stay float32: distances are sums over hundreds of squared features.
-    keep = {k: (v.half() if half and v.is_floating_point() and ".familiarity." not in k else v)
+    # The image statistics stay float32: distances are sums over hundreds of squared features.
+    keep = {k: (v.half() if half and v.is_floating_point() and ".familiarity.image_" not in k else v)
             for k, v in tensors.items() if k.startswith("model.")}
     if not keep:
         raise CheckpointError(f"{src}: holds no model.* tensors")
