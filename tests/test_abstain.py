@@ -10,14 +10,13 @@ import io
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.structures import SCHEMA, Detections  # noqa: E402
+from promptdet.structures import SCHEMA, Detections
 
 KNOWN = ["find the bottles", "the gears", "all cans", "the red boxes", "scratched nuts", "every washer"]
 FOREIGN = ["find the dogs", "the cats", "all horses", "the red cars", "people", "every bicycle"]
@@ -36,10 +35,10 @@ def calibrated(tmp_path_factory, save_tiny_checkpoint):
     import promptdet
     from promptdet.config import ModelConfig
     from promptdet.model.detector import PromptDetector
-    from promptdet.train.familiarity_fit import fit_image_statistics, install
     from promptdet.model.familiarity import pooled_image_features
     from promptdet.runtime.preprocess import to_input
     from promptdet.text.encoder import TextEncoder
+    from promptdet.train.familiarity_fit import fit_image_statistics, install
 
     torch.manual_seed(0)
     m = PromptDetector(ModelConfig(imgsz=64, max_candidates=16))
