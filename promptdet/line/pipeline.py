@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from promptdet.errors import UsageError
+from promptdet.line.health import sink_summary
 from promptdet.line.recipe import LineRecipe
 from promptdet.line.rules import decide, evaluate_check
 from promptdet.line.sinks import ImageSink, Sink
@@ -39,6 +40,7 @@ class LineStats:
     timeouts: int = 0
     latency: dict = field(default_factory=lambda: {s: deque(maxlen=2000) for s in (*STAGES, "total")})
     source: SourceStats | None = None
+    sinks: list = field(default_factory=list)  # for their trouble (lost, spooled) in the stats line
 
     def add(self, verdict: str, timeout: bool, stage_ms: dict[str, float]) -> None:
         self.parts += 1
@@ -65,7 +67,7 @@ class LineStats:
         v = self.verdicts
         return (f"{self.parts} parts {self.fps():.1f} fps | PASS {v['PASS']} FAIL {v['FAIL']} ERROR {v['ERROR']} "
                 f"(timeouts {self.timeouts}) | dropped {src.dropped} reconnects {src.reconnects} "
-                f"downtime {src.downtime_s:.1f}s | ms p50/p95/p99: {stages}")
+                f"downtime {src.downtime_s:.1f}s | ms p50/p95/p99: {stages}{sink_summary(self.sinks)}")
 
     def prometheus(self, sinks: list[Sink]) -> str:
         src = self.source or SourceStats()

@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 
 
 from promptdet.config import ConfigError, from_dict, read_yaml
+from promptdet.limits import IMAGES_MIN_FREE_MB
 from promptdet.line.rules import ROI_MODES, Rule, RuleError, parse_rule
 
 RECIPE_VERSION = 1
@@ -106,10 +107,12 @@ class SqliteSinkSpec:
 
 @dataclass
 class ImagesSinkSpec:
-    """Annotated images of FAIL parts only; the oldest are deleted past max_files."""
+    """Annotated images of FAIL parts only; the oldest are deleted past max_files. Below min_free_mb
+    of free space on their disk they are skipped, so the audit records (JSONL, SQLite) keep the space."""
 
     dir: str
     max_files: int = 1000
+    min_free_mb: float = IMAGES_MIN_FREE_MB
 
 
 @dataclass
@@ -341,6 +344,7 @@ def _validate(r: LineRecipe, file: str) -> None:
         _positive(k.jsonl.rotate_mb, w("sinks.jsonl.rotate_mb"), allow_zero=True)
     if k.images:
         _positive(k.images.max_files, w("sinks.images.max_files"))
+        _positive(k.images.min_free_mb, w("sinks.images.min_free_mb"), allow_zero=True)
     if k.mqtt:
         _port(k.mqtt.port, w("sinks.mqtt.port"))
         if k.mqtt.qos not in (0, 1, 2):

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from promptdet.errors import UsageError
+from promptdet.line.health import check_no_loss, lost_records, sink_health
 from promptdet.line.pipeline import Inspector, LineStats, rebase_file_sinks, run_line, stderr_line
 from promptdet.line.recipe import LineRecipe
 from promptdet.line.sinks import build_sinks
@@ -102,7 +103,7 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
     sinks = build_sinks(recipe.sinks)
     for sink in sinks:
         sink.start()
-    stats = LineStats(source=src.stats)
+    stats = LineStats(source=src.stats, sinks=sinks)
 
     def request_stop(signum=None, _frame=None) -> None:
         if not stop.is_set():
@@ -120,8 +121,9 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
     if recipe.stats.port:
         from promptdet.line.server import serve
 
-        server = serve(recipe.stats.port, lambda: {"ok": not stop.is_set(), "parts": stats.parts,
-                                                   "fps": round(stats.fps(), 3)},
+        server = serve(recipe.stats.port, lambda: {"ok": not stop.is_set() and not lost_records(sinks),
+                                                   "parts": stats.parts, "fps": round(stats.fps(), 3),
+                                                   **sink_health(sinks)},
                        lambda: stats.prometheus(sinks), software.trigger if software else None)
         say(f"http: /health and /metrics on 127.0.0.1:{recipe.stats.port}")
     if software is not None and recipe.source.kind != "folder":
@@ -149,4 +151,5 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         if c["spooled"] or c["errors"] or c["dropped"]:
             say(f"sink {sink.name}: {c['written']} written, {c['spooled']} spooled for replay, {c['dropped']} dropped, "
                 f"{c['errors']} errors" + (f" (last: {sink.last_error})" if sink.last_error else ""))
+    check_no_loss(sinks)
     return stats

@@ -18,8 +18,10 @@ import logging
 import os
 import queue
 import re
+import shutil
 import sqlite3
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 from promptdet.errors import PromptdetError
+from promptdet.limits import IMAGES_MIN_FREE_MB, SPOOL_RETRY_S
+from promptdet.line import durable
 
 log = logging.getLogger(__name__)
 _RECORD_KEYS = ("part_id", "ts", "verdict")
@@ -45,8 +49,10 @@ class Sink:
     kind = "sink"
 
     def __init__(self, name: str | None = None, *, spool_dir: str | Path | None = None, queue_size: int = 1024,
-                 batch_size: int = 64, retries: int = 3, backoff_s: float = 0.05, backoff_max_s: float = 5.0):
+                 batch_size: int = 64, retries: int = 3, backoff_s: float = 0.05, backoff_max_s: float = 5.0,
+                 spool_retry_s: float = SPOOL_RETRY_S):
         self.name = name or self.kind
+        self.spool_retry_s = spool_retry_s
         self.batch_size = batch_size
         self.retries = max(1, retries)
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
@@ -140,17 +146,22 @@ class Sink:
     # -- worker side ---------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
         with self._count_lock:
-            self.counts[key] += n
+            self.counts[key] = self.counts.get(key, 0) + n
 
     def _run(self) -> None:
         try:
             self._replay()
+            last_replay = time.monotonic()
             while True:
                 batch = self._take()
                 if batch:
                     self._deliver(batch)
                 elif self._closing.is_set():
                     break
+                elif self.spool_path is not None and time.monotonic() - last_replay >= self.spool_retry_s:
+                    last_replay = time.monotonic()  # the sink may be back: do not wait for the next start
+                    if self.spool_path.exists():
+                        self._replay()
         finally:
             self._safe_disconnect()
 
@@ -242,11 +253,9 @@ class Sink:
         try:
             with self._spool_lock:
                 self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.spool_path, "a", encoding="utf-8") as f:
-                    f.write("".join(lines))
-                    f.flush()
-                    if sync:  # the producer path skips fsync: it must stay fast while a sink hangs
-                        os.fsync(f.fileno())
+                # all or nothing: a spool write that fails midway leaves no half line to replay
+                # (the producer path skips fsync: it must stay fast while a sink hangs)
+                durable.append(self.spool_path, "".join(lines).encode("utf-8"), sync=sync)
             self._count("spooled", len(lines))
         except OSError as exc:
             self._count("dropped", len(lines))
@@ -302,55 +311,57 @@ class JsonlSink(Sink):
         self.path = Path(path)
         self.fsync = fsync
         self.rotate_bytes = int(rotate_mb * 1024 * 1024) if rotate_mb else 0
-        self._f = None
+        self._fd: int | None = None
 
     def prepare(self, record: dict) -> bytes:
         return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "ab")
+        cut = durable.repair_tail(self.path)  # a crash or a full disk may have left half a line
+        if cut:
+            self._count("repaired")
+            log.warning("sink %s: %s ended in a torn line; cut %d bytes off (kept in %s.torn-*)", self.name,
+                        self.path, cut, self.path.name)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _disconnect(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def write(self, payloads: list) -> None:
-        f = self._f
-        start, pending = f.tell(), 0  # lines written to this file since the last fsync, from ``start``
+        # Unbuffered writes, so a failure can be cut back with ftruncate (which needs no free space).
+        fd = self._fd
+        start, pending = os.fstat(fd).st_size, 0  # lines written since the last fsync, from ``start``
         try:
             for line in list(payloads):
-                if self.rotate_bytes and f.tell() > 0 and f.tell() + len(line) > self.rotate_bytes:
-                    self._sync()
+                size = os.fstat(fd).st_size
+                if self.rotate_bytes and size > 0 and size + len(line) > self.rotate_bytes:
+                    os.fsync(fd)
                     del payloads[:pending]
-                    f = self._rotate()
+                    fd = self._rotate()
                     start, pending = 0, 0
-                f.write(line)
+                durable.write_all(fd, line)
                 pending += 1
                 if self.fsync == "record":
-                    self._sync()
+                    os.fsync(fd)
                     del payloads[:pending]
-                    start, pending = f.tell(), 0
-            self._sync()
-        except Exception:
-            try:  # leave no half-written lines behind: the retry writes them again
-                f.truncate(start)
-            except (OSError, ValueError):
-                pass
+                    start, pending = os.fstat(fd).st_size, 0
+            os.fsync(fd)
+        except BaseException:
+            if not durable.rollback(fd, start):  # leave no half line; if even that fails, reopen and repair
+                self._safe_disconnect()
             raise
 
-    def _sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def _rotate(self):
-        self._f.close()
+    def _rotate(self) -> int:
+        os.close(self._fd)
+        self._fd = None
         taken = [int(m.group(1)) for p in self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}")
                  if (m := re.fullmatch(rf"{re.escape(self.path.stem)}\.(\d+){re.escape(self.path.suffix)}", p.name))]
         os.replace(self.path, self.path.with_name(f"{self.path.stem}.{max(taken, default=0) + 1}{self.path.suffix}"))
-        self._f = open(self.path, "ab")
-        return self._f
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._fd
 
 
 class SqliteSink(Sink):
@@ -421,16 +432,20 @@ def draw_verdict(image_bgr: np.ndarray, record: dict) -> np.ndarray:
 class ImageSink(Sink):
     """Annotated images of FAIL parts only, named ``<ts ms>_<part_id>.jpg``; the oldest are deleted
     past ``max_files``. Images are evidence, not the record of truth, so they are never spooled:
-    when the queue is full they are dropped and counted. ``draw(image_bgr, record) -> image_bgr``."""
+    when the queue is full they are dropped and counted. ``draw(image_bgr, record) -> image_bgr``.
+    Below ``min_free_mb`` of free space on their disk, images are skipped (counted in 'skipped'), so
+    they never take the space the audit records need."""
 
     kind = "images"
 
     def __init__(self, dir: str | Path, max_files: int = 1000,
-                 draw: Callable[[np.ndarray, dict], np.ndarray] | None = None, ext: str = ".jpg", **kwargs):
+                 draw: Callable[[np.ndarray, dict], np.ndarray] | None = None, ext: str = ".jpg",
+                 min_free_mb: float = IMAGES_MIN_FREE_MB, **kwargs):
         kwargs["spool_dir"] = None
         kwargs.setdefault("queue_size", 16)  # each entry holds a frame: keep memory bounded
         super().__init__(**kwargs)
         self.dir, self.max_files, self.ext = Path(dir), max_files, ext
+        self.min_free_bytes = int(min_free_mb * 1024 * 1024)
         self.draw = draw or draw_verdict
         self._files: collections.deque[Path] = collections.deque()
 
@@ -456,6 +471,13 @@ class ImageSink(Sink):
 
         while payloads:
             path, record, image = payloads[0]
+            if shutil.disk_usage(self.dir).free < self.min_free_bytes:
+                if not self.counts.get("skipped"):
+                    log.warning("sink %s: under %.0f MB free on %s; FAIL images are skipped while it lasts",
+                                self.name, self.min_free_bytes / 2**20, self.dir)
+                self._count("skipped")
+                del payloads[0]
+                continue
             write_image(path, self.draw(image, record))
             self._files.append(path)
             while len(self._files) > self.max_files:
@@ -541,7 +563,7 @@ def build_sinks(spec, **kwargs) -> list[Sink]:
     if spec.sqlite:
         sinks.append(SqliteSink(spec.sqlite.path, **kwargs))
     if spec.images:
-        sinks.append(ImageSink(spec.images.dir, spec.images.max_files, **kwargs))
+        sinks.append(ImageSink(spec.images.dir, spec.images.max_files, min_free_mb=spec.images.min_free_mb, **kwargs))
     if spec.webhook:
         sinks.append(WebhookSink(spec.webhook.url, spec.webhook.timeout_s, **kwargs))
     if spec.mqtt:
