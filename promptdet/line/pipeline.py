@@ -120,6 +120,8 @@ class Inspector:
         """-> (record, stage ms). The clock starts at capture, so queueing counts against the deadline."""
         r = self.recipe
         try:
+            if frame.error is not None:
+                raise TimeoutError(frame.error)
             det = self.predictor(frame.image, frame.name, frame.index, read_ms=frame.read_ms, keep_image=False)
             results = []
             for i, check in enumerate(r.checks):

@@ -172,10 +172,12 @@ class SinksSpec:
 
 @dataclass
 class StatsSpec:
-    """port: serve /health and /metrics on it (None = off; opt-in). interval_s: log a stats line this often."""
+    """port: serve /health and /metrics on it (None = off; opt-in). interval_s: log a stats line this often.
+    token: POST /trigger then needs the header 'Authorization: Bearer <token>' (None = no token)."""
 
     port: int | None = None
     interval_s: float = 10.0
+    token: str | None = None
 
 
 @dataclass

@@ -98,7 +98,7 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         + f" at imgsz {' + '.join(str(p.imgsz) for p in sized)}; {len(recipe.checks)} checks; "
         f"deadline {recipe.deadline_ms:g} ms; warmed up in {warm_ms:.0f} ms")
     stop = threading.Event()
-    software = SoftwareTrigger() if recipe.source.trigger == "software" else None
+    software = SoftwareTrigger(frame_timeout_s=recipe.deadline_ms / 1e3) if recipe.source.trigger == "software" else None
     frames, src = open_source(recipe, stop, software)
     sinks = build_sinks(recipe.sinks)
     for sink in sinks:
@@ -124,10 +124,11 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         server = serve(recipe.stats.port, lambda: {"ok": not stop.is_set() and not lost_records(sinks),
                                                    "parts": stats.parts, "fps": round(stats.fps(), 3),
                                                    **sink_health(sinks)},
-                       lambda: stats.prometheus(sinks), software.trigger if software else None)
+                       lambda: stats.prometheus(sinks), software.trigger if software else None,
+                       token=recipe.stats.token)
         say(f"http: /health and /metrics on 127.0.0.1:{recipe.stats.port}")
-    if software is not None and recipe.source.kind != "folder":
-        software.listen_stdin(sys.stdin)
+    if software is not None and not isinstance(src, FolderSource):  # the kind found, not the recipe's 'auto'
+        software.listen_stdin(sys.stdin, close_on_eof=server is None)  # EOF never ends an HTTP-triggered line
 
     counted = [0]
 
