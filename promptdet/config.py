@@ -11,7 +11,12 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 from promptdet.errors import PromptdetError
-from promptdet.limits import MAX_YAML_BYTES, MESSAGE_VALUE_CHARS, MODEL_BOUNDS
+from promptdet.limits import (
+    MAX_YAML_BYTES,
+    MAX_YAML_NODES,
+    MESSAGE_VALUE_CHARS,
+    MODEL_BOUNDS,
+)
 
 T = TypeVar("T")
 
@@ -98,28 +103,51 @@ def short(value: Any) -> str:
     return text if len(text) <= MESSAGE_VALUE_CHARS else text[: MESSAGE_VALUE_CHARS - 3] + "..."
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader without aliases: a 1 KB file of nested aliases expands to gigabytes (a 'billion
-    laughs'), and a config has no need of them."""
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose documents may not expand past MAX_YAML_NODES. Aliases (``*name``) are fine
+    (``yaml.dump`` writes them for shared objects), but a 1 KB file of nested aliases expands to
+    billions of values (a 'billion laughs'), and every later walk over it would hang or run out of memory."""
 
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise ConfigError(f"line {mark.line + 1}: YAML aliases (*name) are not allowed in promptdet configs; "
-                              "write the value out")
-        return super().compose_node(parent, index)
+    def compose_document(self):
+        node = super().compose_document()
+        try:
+            size = _expanded_size(node, {})
+        except RecursionError:
+            size = MAX_YAML_NODES + 1
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"the YAML expands to over {MAX_YAML_NODES} values (nested aliases?); the limit is "
+                              "promptdet.limits.MAX_YAML_NODES")
+        return node
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values in ``node`` with every alias expanded; shared nodes are counted once per use, computed once."""
+    key = id(node)
+    if key not in memo:
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        else:
+            memo[key] = 1
+    return memo[key]
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the expansion of aliases bounded (ConfigError past MAX_YAML_NODES)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader subclass: no Python tags
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
     """The parsed YAML file (an empty file gives {}); a missing file, bad YAML, a file over
-    MAX_YAML_BYTES or a YAML alias is a ConfigError."""
+    MAX_YAML_BYTES or one expanding past MAX_YAML_NODES values is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     if path.stat().st_size > MAX_YAML_BYTES:
         raise ConfigError(f"{path}: {path.stat().st_size} bytes; a {what} is at most {MAX_YAML_BYTES} bytes")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+        data = safe_yaml(path.read_text(encoding="utf-8"))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -27,7 +27,8 @@ IMAGES_MIN_FREE_MB = 64.0  # FAIL images are skipped below this much free space:
 SPOOL_RETRY_S = 5.0  # a sink that spooled retries its spool this often while the line runs
 
 # ---- config files (config.py) --------------------------------------------------------------------
-MAX_YAML_BYTES = 1024 * 1024  # a recipe or dataset YAML; YAML aliases are refused outright
+MAX_YAML_BYTES = 1024 * 1024  # a recipe or dataset YAML file
+MAX_YAML_NODES = 100_000  # values in one YAML document with its aliases expanded (a 'billion laughs' bound)
 MESSAGE_VALUE_CHARS = 80  # a value quoted in an error message is cut to this
 
 # ---- checkpoint and export metadata (config.py, runtime/onnx.py): inclusive (low, high) ----------

@@ -9,7 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,13 +171,14 @@ def alias_bomb(levels: int, where: str) -> str:
 
 @pytest.mark.parametrize("where", ["uri", "deadline", "prompt"])
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, where):
+    """9 levels of 8 aliases: 8**9 values from a 1 KB file. Refused before anything walks it."""
     from promptdet.line.recipe import load_recipe
 
     path = tmp_path / "line.yaml"
     path.write_text(alias_bomb(9, where))
     assert path.stat().st_size < 2048
     t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match="aliases") as err:
+    with pytest.raises(ConfigError, match="expands to over") as err:
         load_recipe(path)
     assert time.perf_counter() - t0 < 1.0 and len(str(err.value)) < 300
 
@@ -200,7 +200,7 @@ def test_a_huge_yaml_file_is_refused(tmp_path):
         read_yaml(path, "line recipe")
 
 
-def test_anchors_without_aliases_still_load(tmp_path):
+def test_a_few_aliases_still_load(tmp_path):
     path = tmp_path / "ok.yaml"
-    path.write_text("a: &x 1\nb: 2\n")
-    assert read_yaml(path, "config") == {"a": 1, "b": 2}
+    path.write_text("a: &x [1, 2]\nb: *x\n")  # yaml.dump writes these for shared objects
+    assert read_yaml(path, "config") == {"a": [1, 2], "b": [1, 2]}

@@ -19,7 +19,7 @@ from typing import Any, get_type_hints
 
 
 from promptdet.config import ConfigError, from_dict, read_yaml, short
-from promptdet.limits import IMAGES_MIN_FREE_MB
+from promptdet.limits import IMAGES_MIN_FREE_MB, MAX_PROMPTS
 from promptdet.line.rules import ROI_MODES, Rule, RuleError, parse_rule
 
 RECIPE_VERSION = 1
@@ -302,6 +302,8 @@ def _validate(r: LineRecipe, file: str) -> None:
 
     if not r.checks:
         raise ConfigError(f"{w('checks')}: a recipe needs at least one check")
+    if len(r.checks) > MAX_PROMPTS:
+        raise ConfigError(f"{w('checks')}: {len(r.checks)} checks; at most {MAX_PROMPTS} (each is a prompt)")
     seen: set[str] = set()
     for i, c in enumerate(r.checks):
         at = f"checks[{i}]"
@@ -312,6 +314,8 @@ def _validate(r: LineRecipe, file: str) -> None:
         if c.name in seen:
             raise ConfigError(f"{w(at + '.name')}: duplicate check name {short(c.name)}; each check needs its own name")
         seen.add(c.name)
+        if "\0" in c.prompt:
+            raise ConfigError(f"{w(at + '.prompt')}: contains a NUL character; remove it")
         if not c.prompt.strip():
             raise ConfigError(f"{w(at + '.prompt')}: check {short(c.name)} needs a non-empty prompt")
         try:
