@@ -186,6 +186,7 @@ def scenario_disk(base: Path, parts: int) -> dict:
         (disk / "ballast").write_bytes(b"\0" * (1536 * 1024))  # the disk is nearly full from the start
         rc1 = run_line(recipe, work / "judged.log")
         during = row("disk", judged_ids(work / "judged.log"), out, [])
+        during["spooled"] = spooled(work / "spool")  # the spool is on the other disk
         (disk / "ballast").unlink()
         recipe["source"]["uri"] = str(work / "empty")
         (work / "empty").mkdir()
@@ -193,7 +194,7 @@ def scenario_disk(base: Path, parts: int) -> dict:
         jl, jids = jsonl_ids(out / "results.jsonl")
         sq, sids = sqlite_ids(out / "results.db")
         judged = judged_ids(work / "judged.log")
-        return {**during, "spooled": spooled(work / "spool") or during["spooled"],
+        return {**during,
                 "note": f"during the run: JSONL {during['jsonl']}, SQLite {during['sqlite']}, exit {rc1}; after the "
                         f"replay: JSONL {jl}, SQLite {sq}, exit {rc2}",
                 "jsonl": jl, "sqlite": sq, "delivered": len(judged & jids & sids), "lost": len(judged - (jids | sids))}
@@ -267,6 +268,7 @@ def scenario_broker(base: Path, parts: int, mode: str) -> dict:
         line.join()
     time.sleep(1.5)  # the subscriber reconnects and subscribes again (a clean session misses what came before)
     # what the MQTT sink spooled while the broker was away is replayed by a restart (or within 5 s)
+    was_spooled = spooled(out / "spool")
     (work / "empty").mkdir()
     recipe["source"]["uri"] = str(work / "empty")
     run_line(recipe, None)
@@ -277,7 +279,7 @@ def scenario_broker(base: Path, parts: int, mode: str) -> dict:
     broker.wait()
     judged = judged_ids(work / "judged.log")
     r = row(f"broker-{mode}", judged, out, [])
-    return {**r, "delivered": len(judged & got), "lost": len(judged - got),
+    return {**r, "spooled": was_spooled, "delivered": len(judged & got), "lost": len(judged - got),
             "note": f"MQTT: {received[0]} messages received, {len(got)} distinct parts"
                     + (f"; missing {min(judged - got)}..{max(judged - got)}" if judged - got else "")}
 
@@ -322,7 +324,7 @@ def scenario_flood(base: Path) -> dict:
         run.inspect_line(recipe_from_dict(recipe, "drill"), quiet=True)
     except Exception as exc:  # noqa: BLE001 - reported in the table
         print(f"flood: {exc}", file=sys.stderr)
-    jl, jids = jsonl_ids(out / "results.jsonl")
+    _, jids = jsonl_ids(out / "results.jsonl")
     accepted = {f"T{i:03d}" for i, c in enumerate(codes) if c == 202}
     return {**row("flood", accepted, out, []), "judged": len(accepted), "lost": len(accepted - jids),
             "delivered": len(accepted & jids),
