@@ -198,3 +198,42 @@ def test_full_disk_with_nowhere_to_spool_counts_the_loss(small_disk):
     assert sink_health([jsonl, db, images])["lost"] == jsonl.counts["dropped"] + db.counts["dropped"]
     with pytest.raises(PromptdetError, match="could not be written or spooled"):
         check_no_loss([jsonl, db, images])
+
+
+# ---------------------------------------------------------------- runs
+def test_records_carry_a_run_id_and_a_restarted_video_gets_new_part_ids(tmp_path):
+    """A restart counts a video's frames from 0 again; its records must not pass for the earlier run's,
+    and `inspect report --run latest` reads the last run only."""
+    import threading
+
+    from promptdet.line.pipeline import Inspector, LineStats, run_line
+    from promptdet.line.recipe import recipe_from_dict
+    from promptdet.line.report import summarise
+    from promptdet.line.sources import Frame
+
+    class Fixed:
+        backend, imgsz = "fake", 64
+
+        def __init__(self, prompts):
+            self.prompts = prompts
+
+        def __call__(self, image, name=None, frame=None, read_ms=0.0, keep_image=True):
+            from promptdet.structures import Detections
+
+            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                              self.prompts, (64, 48), name, {}, frame)
+
+    recipe = recipe_from_dict({"version": 1, "checks": [{"name": "c", "prompt": "bottles", "fail_if": "count >= 1"}],
+                               "source": {"uri": "v.mp4"}})
+    runs = []
+    for _ in range(2):  # the same video, twice
+        inspector = Inspector(recipe, Fixed(recipe.prompts))
+        frames = (Frame(np.zeros((48, 64, 3), np.uint8), i, time.time()) for i in range(3))
+        run_line(frames, inspector, [JsonlSink(tmp_path / "r.jsonl"), SqliteSink(tmp_path / "r.db")],
+                 threading.Event(), LineStats())
+        runs.append(inspector.run_id)
+    records = valid_lines(tmp_path / "r.jsonl")
+    assert runs[0] != runs[1] and [r["run_id"] for r in records] == [runs[0]] * 3 + [runs[1]] * 3
+    assert len({r["part_id"] for r in records}) == 6
+    assert summarise(tmp_path / "r.db")["runs"] == 2
+    assert summarise(tmp_path / "r.db", run="latest")["parts"] == 3

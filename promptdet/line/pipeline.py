@@ -9,6 +9,7 @@ stops the source and drains and flushes every sink before it returns.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 import threading
 import time
@@ -111,8 +112,11 @@ class Inspector:
     conf no higher than any check's, so each check can apply its own threshold afterwards.
     """
 
-    def __init__(self, recipe: LineRecipe, predictor):
+    def __init__(self, recipe: LineRecipe, predictor, run_id: str | None = None):
         self.recipe, self.predictor = recipe, predictor
+        # In every record, and in generated part ids: a restarted video counts frames from 0 again,
+        # and its parts must not be mistaken for the earlier run's.
+        self.run_id = run_id or f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
         if list(predictor.prompts) != recipe.prompts:
             raise ValueError("the predictor's prompts must be the recipe's checks' prompts, in order")
 
@@ -140,7 +144,7 @@ class Inspector:
                              error=f"{type(exc).__name__}: {exc}")
             stage = {}
         record = verdict.to_record()
-        record.update(frame=frame.index, source=frame.name)
+        record.update(frame=frame.index, source=frame.name, run_id=self.run_id)
         return record, stage
 
     def warm_up(self, runs: int = 2, size_wh: tuple[int, int] = (640, 480)) -> float:
@@ -160,9 +164,8 @@ class Inspector:
                 raise UsageError(f"the model failed its warm-up run: {type(exc).__name__}: {exc}") from exc
         return (time.perf_counter() - t0) * 1e3
 
-    @staticmethod
-    def part_id(frame: Frame) -> str:
-        return frame.part_id if frame.part_id is not None else f"frame-{frame.index:07d}"
+    def part_id(self, frame: Frame) -> str:
+        return frame.part_id if frame.part_id is not None else f"frame-{frame.index:07d}-{self.run_id}"
 
 
 def run_line(frames: Iterator[Frame], inspector: Inspector, sinks: list[Sink], stop: threading.Event,

@@ -370,7 +370,7 @@ class SqliteSink(Sink):
 
     kind = "sqlite"
     SCHEMA = ("CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY, part_id TEXT NOT NULL, ts REAL NOT NULL, "
-              "verdict TEXT NOT NULL, reasons TEXT NOT NULL, checks TEXT NOT NULL, latency_ms REAL)")
+              "verdict TEXT NOT NULL, reasons TEXT NOT NULL, checks TEXT NOT NULL, latency_ms REAL, run_id TEXT)")
 
     def __init__(self, path: str | Path, **kwargs):
         super().__init__(**kwargs)
@@ -384,7 +384,7 @@ class SqliteSink(Sink):
         latency = record.get("latency_ms")
         return (str(record["part_id"]), float(record["ts"]), str(record["verdict"]),
                 json.dumps(record.get("reasons", [])), json.dumps(record.get("checks", {})),
-                None if latency is None else float(latency))
+                None if latency is None else float(latency), record.get("run_id"))
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -392,6 +392,8 @@ class SqliteSink(Sink):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across app crashes, fast
         db.execute(self.SCHEMA)
+        if "run_id" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:  # a file of an older line
+            db.execute("ALTER TABLE results ADD COLUMN run_id TEXT")
         db.execute("CREATE INDEX IF NOT EXISTS results_ts ON results (ts)")
         db.commit()
         self._db = db
@@ -403,8 +405,8 @@ class SqliteSink(Sink):
 
     def write(self, payloads: list) -> None:
         with self._db:  # all or nothing, so a retry never duplicates rows
-            self._db.executemany("INSERT INTO results (part_id, ts, verdict, reasons, checks, latency_ms) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", payloads)
+            self._db.executemany("INSERT INTO results (part_id, ts, verdict, reasons, checks, latency_ms, run_id) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", payloads)
 
 
 def draw_verdict(image_bgr: np.ndarray, record: dict) -> np.ndarray:
