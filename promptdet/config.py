@@ -199,13 +199,9 @@ class ModelConfig:
     def validate(self, where: str = "model config") -> "ModelConfig":
         if self.scale not in ("n", "s", "m"):
             raise ConfigError(f"{where}: scale: unknown scale {short(self.scale)} (valid: n, s, m)")
-        for key, (low, high) in MODEL_BOUNDS.items():  # a checkpoint's JSON is input too: 1e12 candidates is not a model
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"{where}: {key} must be an integer from {low} to {high}, got {short(value)}")
         if self.text_encoder is not None and not isinstance(self.text_encoder, str):
             raise ConfigError(f"{where}: text_encoder must be a model name or null, got {short(self.text_encoder)}")
-        if self.embed_dim % self.reason_heads:
+        if isinstance(self.reason_heads, int) and self.reason_heads > 0 and self.embed_dim % self.reason_heads:
             raise ConfigError(f"{where}: embed_dim ({self.embed_dim}) must be divisible by reason_heads ({self.reason_heads})")
         if self.word_pool_heads < 0:
             raise ConfigError(f"{where}: word_pool_heads must be 0 or more, got {self.word_pool_heads}")
@@ -216,6 +212,10 @@ class ModelConfig:
             raise ConfigError(f"{where}: verify_crop must be a multiple of 8 and at least 16, got {self.verify_crop}")
         if self.imgsz % 32 or self.imgsz < 64:
             raise ConfigError(f"{where}: imgsz must be a multiple of 32 and at least 64, got {self.imgsz}")
+        for key, (low, high) in MODEL_BOUNDS.items():  # a checkpoint's JSON is input too: 1e12 candidates is not a model
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{where}: {key} must be an integer from {low} to {high}, got {short(value)}")
         return self
 
 

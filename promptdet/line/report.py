@@ -64,7 +64,7 @@ def summarise(sqlite_path: str | Path, since_ts: float | None = None, run: str |
     return {"parts": n, "pass": verdicts.get("PASS", 0), "fail": verdicts.get("FAIL", 0),
             "error": verdicts.get("ERROR", 0), "pass_rate": verdicts.get("PASS", 0) / n if n else None,
             "failures_per_check": dict(failures.most_common()), "reasons": dict(reasons.most_common()),
-            "latency_ms": latency, "runs": runs, "first_ts": rows[0][0] if rows else None, "last_ts": rows[-1][0] if rows else None}
+            "latency_ms": latency, **({"runs": runs} if runs else {}), "first_ts": rows[0][0] if rows else None, "last_ts": rows[-1][0] if rows else None}
 
 
 def format_summary(summary: dict) -> str:

@@ -68,9 +68,10 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     except Exception:  # noqa: BLE001 - unknown to Pillow, or a damaged header
         # OpenCV would decode it with no size known beforehand (a 1 KB Radiance HDR can declare 184 MP):
         # refuse, rather than find out it is too large after the memory is spent.
-        raise ImageReadError(f"cannot read image {name}: not an image, or its size cannot be read before "
-                             "decoding (a format Pillow does not know, such as Radiance HDR, or a damaged "
-                             "header); convert it to PNG or JPEG") from None
+        if data[:10] == b"#?RADIANCE" or data[:6] == b"#?RGBE":  # OpenCV reads these, Pillow cannot size them
+            raise ImageReadError(f"cannot read image {name}: a Radiance HDR, whose size cannot be read before "
+                                 "decoding; convert it to PNG or JPEG") from None
+        raise ImageReadError(f"cannot read image {name}: not an image, or a damaged file") from None
     with _quiet_opencv():
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     rgb = False
