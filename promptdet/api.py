@@ -94,7 +94,12 @@ class PromptDet:
 
             self._detector = PromptDetector(self.cfg).eval()
             if self.weights:
-                self._detector.load_state_dict(self.weights)
+                try:
+                    self._detector.load_state_dict(self.weights)
+                except RuntimeError as exc:  # torch lists every tensor (dozens of lines): say it in one
+                    first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), "")[:160]
+                    raise PromptdetError(f"{self.source or 'checkpoint'}: the metadata does not match the tensors "
+                                         f"({first})") from None
         return self._detector
 
     # ---- detection ----

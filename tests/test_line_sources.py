@@ -124,7 +124,7 @@ def test_software_trigger_from_stdin_names_the_part():
         def frames(self):
             i = 0
             while True:
-                yield type("F", (), {"image": None, "index": i, "part_id": None})()
+                yield type("F", (), {"image": None, "index": i, "part_id": None, "t_capture": time.time()})()
                 i += 1
                 time.sleep(0.001)
 

@@ -40,9 +40,10 @@ def inspect(
 
 
 @app.command()
-def report(db: Path = typer.Argument(..., help="The SQLite results file of a line run.")) -> None:
+def report(db: Path = typer.Argument(..., help="The SQLite results file of a line run."),
+           run: str = typer.Option(None, "--run", help="Only this run id (records' run_id), or 'latest'.")) -> None:
     """Summarise a line's results: pass rate, failures per check, reasons, latency percentiles."""
     with user_errors():
         from promptdet.line.report import format_summary, summarise
 
-        typer.echo(format_summary(summarise(db)))
+        typer.echo(format_summary(summarise(db, run=run)))

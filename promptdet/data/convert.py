@@ -53,6 +53,22 @@ def _copy_dest(image: str) -> str:
     return Path("images", *parts).as_posix()
 
 
+def _escapes(image: str) -> bool:
+    """True for a name that points outside the images folder: absolute, or climbing out with '..'."""
+    text = image.replace("\\", "/")
+    if Path(image).is_absolute() or Path(image).drive or text.startswith("/"):
+        return True
+    depth = 0
+    for part in text.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
 def _out_image(src_image: Path, out_dir: Path) -> str:
     try:
         return Path(os.path.relpath(src_image, out_dir)).as_posix()
@@ -86,8 +102,11 @@ def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | N
     images_dir = Path(result.images_dir)
 
     exists: dict[str, bool] = {}
+    unsafe = {p.image for p in result.pairs if _escapes(p.image)}
+    if unsafe:  # '../../etc/passwd' must never be read, let alone copied into the data set
+        skipped["path_outside_images"] += len(unsafe)
     for pair in result.pairs:
-        if pair.image not in exists:
+        if pair.image not in exists and pair.image not in unsafe:
             exists[pair.image] = (images_dir / pair.image).is_file()
     if exists and not any(exists.values()):
         example = next(iter(exists))
@@ -99,11 +118,15 @@ def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | N
 
     out_dir.mkdir(parents=True, exist_ok=True)
     renamed: dict[str, str] = {}
+    taken: dict[str, str] = {}
     for image, ok in exists.items():
         if not ok:
             continue
         if copy_images:
             dest = _copy_dest(image)
+            if taken.setdefault(dest, image) != image:
+                raise ValueError(f"images {taken[dest]!r} and {image!r} would both be copied to {dest}; "
+                                 "rename one, or convert without --copy-images")
             (out_dir / dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(images_dir / image, out_dir / dest)
             renamed[image] = dest

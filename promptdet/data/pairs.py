@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ def validate_box(box: Any, path: str, where: str | int | None, field_name: str =
         x1, y1, x2, y2 = (float(v) for v in box)
     except (TypeError, ValueError):
         raise DataFormatError(path, where, field_name, f"box values must be numbers, got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):  # Infinity/NaN would be written as non-standard JSON
+        raise DataFormatError(path, where, field_name, f"box values must be finite numbers, got {box!r}")
     if not (x2 >= x1 and y2 >= y1):
         raise DataFormatError(path, where, field_name, f"box must have x2 >= x1 and y2 >= y1, got {box!r}")
     return [x1, y1, x2, y2]

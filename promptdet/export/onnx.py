@@ -190,8 +190,9 @@ def export_model(model, out_dir: str | Path, imgsz: int | None = None, dynamic: 
                     "familiarity": ["batch"], "prompt_familiarity": ["prompts"]},
         "baked_prompts": baked,
         "files": files,
-        # The runtime refuses a graph whose hash differs: a file swapped in from another export.
-        "sha256": {name: file_sha256(out / name) for key, name in files.items() if key.startswith("detector")},
+        # The runtime refuses a file whose hash differs (a graph or tokenizer swapped in or edited), and an
+        # export without this table. The text encoder's hash is text_encoder.onnx_sha256.
+        "sha256": {name: file_sha256(out / name) for key, name in files.items() if key != "text_encoder"},
     }
     _write_meta(out, meta)
     log(f"wrote {out} in {time.perf_counter() - t_start:.1f} s")

@@ -9,6 +9,7 @@ stops the source and drains and flushes every sink before it returns.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from promptdet.errors import UsageError
+from promptdet.line.health import sink_summary
 from promptdet.line.recipe import LineRecipe
 from promptdet.line.rules import decide, evaluate_check
 from promptdet.line.sinks import ImageSink, Sink
@@ -40,6 +42,7 @@ class LineStats:
     timeouts: int = 0
     latency: dict = field(default_factory=lambda: {s: deque(maxlen=2000) for s in (*STAGES, "total")})
     source: SourceStats | None = None
+    sinks: list = field(default_factory=list)  # for their trouble (lost, spooled) in the stats line
 
     def add(self, verdict: str, timeout: bool, stage_ms: dict[str, float]) -> None:
         self.parts += 1
@@ -66,7 +69,7 @@ class LineStats:
         v = self.verdicts
         return (f"{self.parts} parts {self.fps():.1f} fps | PASS {v['PASS']} FAIL {v['FAIL']} ERROR {v['ERROR']} "
                 f"(timeouts {self.timeouts}) | dropped {src.dropped} reconnects {src.reconnects} "
-                f"downtime {src.downtime_s:.1f}s | ms p50/p95/p99: {stages}")
+                f"downtime {src.downtime_s:.1f}s | ms p50/p95/p99: {stages}{sink_summary(self.sinks)}")
 
     def prometheus(self, sinks: list[Sink]) -> str:
         src = self.source or SourceStats()
@@ -110,8 +113,11 @@ class Inspector:
     conf no higher than any check's, so each check can apply its own threshold afterwards.
     """
 
-    def __init__(self, recipe: LineRecipe, predictor):
+    def __init__(self, recipe: LineRecipe, predictor, run_id: str | None = None):
         self.recipe, self.predictor = recipe, predictor
+        # In every record, and in generated part ids: a restarted video counts frames from 0 again,
+        # and its parts must not be mistaken for the earlier run's.
+        self.run_id = run_id or f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
         if list(predictor.prompts) != recipe.prompts:
             raise ValueError("the predictor's prompts must be the recipe's checks' prompts, in order")
 
@@ -119,6 +125,8 @@ class Inspector:
         """-> (record, stage ms). The clock starts at capture, so queueing counts against the deadline."""
         r = self.recipe
         try:
+            if frame.error is not None:
+                raise TimeoutError(frame.error)
             det = self.predictor(frame.image, frame.name, frame.index, read_ms=frame.read_ms, keep_image=False)
             results = []
             for i, check in enumerate(r.checks):
@@ -138,7 +146,8 @@ class Inspector:
                              error=f"{type(exc).__name__}: {exc}")
             stage, familiarity = {}, None
         record = verdict.to_record()
-        record.update(frame=frame.index, source=frame.name, familiarity=None if familiarity is None else round(familiarity, 5))
+        record.update(frame=frame.index, source=frame.name, run_id=self.run_id,
+                      familiarity=None if familiarity is None else round(familiarity, 5))
         return record, stage
 
     def warm_up(self, runs: int = 2, size_wh: tuple[int, int] = (640, 480)) -> float:
@@ -165,9 +174,8 @@ class Inspector:
                              "model's training, or fine-tune the model on your own labelled images")
         return (time.perf_counter() - t0) * 1e3
 
-    @staticmethod
-    def part_id(frame: Frame) -> str:
-        return frame.part_id if frame.part_id is not None else f"frame-{frame.index:07d}"
+    def part_id(self, frame: Frame) -> str:
+        return frame.part_id if frame.part_id is not None else f"frame-{frame.index:07d}-{self.run_id}"
 
 
 def run_line(frames: Iterator[Frame], inspector: Inspector, sinks: list[Sink], stop: threading.Event,

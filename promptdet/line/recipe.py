@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 
-from promptdet.config import ConfigError, from_dict, read_yaml
+from promptdet.config import ConfigError, from_dict, read_yaml, short
+from promptdet.limits import IMAGES_MIN_FREE_MB, MAX_PROMPTS
 from promptdet.line.rules import ROI_MODES, Rule, RuleError, parse_rule
 
 RECIPE_VERSION = 1
@@ -106,10 +107,12 @@ class SqliteSinkSpec:
 
 @dataclass
 class ImagesSinkSpec:
-    """Annotated images of FAIL parts only; the oldest are deleted past max_files."""
+    """Annotated images of FAIL parts only; the oldest are deleted past max_files. Below min_free_mb
+    of free space on their disk they are skipped, so the audit records (JSONL, SQLite) keep the space."""
 
     dir: str
     max_files: int = 1000
+    min_free_mb: float = IMAGES_MIN_FREE_MB
 
 
 @dataclass
@@ -169,10 +172,12 @@ class SinksSpec:
 
 @dataclass
 class StatsSpec:
-    """port: serve /health and /metrics on it (None = off; opt-in). interval_s: log a stats line this often."""
+    """port: serve /health and /metrics on it (None = off; opt-in). interval_s: log a stats line this often.
+    token: POST /trigger then needs the header 'Authorization: Bearer <token>' (None = no token)."""
 
     port: int | None = None
     interval_s: float = 10.0
+    token: str | None = None
 
 
 @dataclass
@@ -204,7 +209,7 @@ def recipe_from_dict(data: Any, where: str = "recipe") -> LineRecipe:
     """Build and validate a LineRecipe from a plain mapping (the parsed YAML)."""
     if isinstance(data, dict) and "version" in data and data["version"] != RECIPE_VERSION:
         # Checked before the keys: a newer recipe's unknown keys would hide the real problem.
-        raise ConfigError(f"{where}: version: recipe version {data['version']!r} is not supported "
+        raise ConfigError(f"{where}: version: recipe version {short(data['version'])} is not supported "
                           f"(this promptdet reads version {RECIPE_VERSION})")
     recipe = _build(LineRecipe, data, where, "")
     _validate(recipe, where)
@@ -245,7 +250,7 @@ def _build(cls, data: Any, file: str, keys: str):
             data[f.name] = _build(inner, value, file, key)
         elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
             if not isinstance(value, list):
-                raise ConfigError(f"{_where(file, key)}: expected a list, got {value!r}")
+                raise ConfigError(f"{_where(file, key)}: expected a list, got {short(value)}")
             item_cls = typing.get_args(inner)[0]
             data[f.name] = [_build(item_cls, v, file, f"{key}[{i}]") for i, v in enumerate(value)]
         elif value is not None and inner is not hint:
@@ -256,19 +261,19 @@ def _build(cls, data: Any, file: str, keys: str):
 def _check_scalar(hint, value, where: str) -> None:
     bad_number = isinstance(value, bool) or not isinstance(value, (int, float))
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {short(value)}")
     if hint is float and bad_number:
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {short(value)}")
     if hint is str and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {short(value)}")
     if typing.get_origin(hint) is list:
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of numbers, got {short(value)}")
 
 
 def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
     if value not in choices:
-        raise ConfigError(f"{where}: unknown value {value!r} (valid: {', '.join(choices)})")
+        raise ConfigError(f"{where}: unknown value {short(value)} (valid: {', '.join(choices)})")
 
 
 def _positive(value: float | None, where: str, allow_zero: bool = False) -> None:
@@ -282,11 +287,11 @@ def _validate(r: LineRecipe, file: str) -> None:
     _choice(m.backend, BACKENDS, w("model.backend"))
     if m.detector is not None and (m.backend == "torch" or Path(m.detector).name != m.detector):
         raise ConfigError(f"{w('model.detector')}: a file name inside the ONNX export folder that model.weights "
-                          f"names (e.g. detector_int8.onnx), for backend onnx or auto; got {m.detector!r} with "
+                          f"names (e.g. detector_int8.onnx), for backend onnx or auto; got {short(m.detector)} with "
                           f"backend {m.backend}")
     if m.imgsz is not None:  # None: the training size
         if not m.sizes or any(isinstance(s, bool) or not isinstance(s, int) for s in m.sizes):
-            raise ConfigError(f"{w('model.imgsz')}: expected an integer or a list of integers, got {m.imgsz!r}")
+            raise ConfigError(f"{w('model.imgsz')}: expected an integer or a list of integers, got {short(m.imgsz)}")
         for s in m.sizes:
             if s % 32 or s < 64:
                 raise ConfigError(f"{w('model.imgsz')}: must be a multiple of 32 and at least 64, got {s}")
@@ -297,37 +302,41 @@ def _validate(r: LineRecipe, file: str) -> None:
 
     if not r.checks:
         raise ConfigError(f"{w('checks')}: a recipe needs at least one check")
+    if len(r.checks) > MAX_PROMPTS:
+        raise ConfigError(f"{w('checks')}: {len(r.checks)} checks; at most {MAX_PROMPTS} (each is a prompt)")
     seen: set[str] = set()
     for i, c in enumerate(r.checks):
         at = f"checks[{i}]"
         if not _IDENTIFIER.match(c.name):
             # Names become SQL/JSON keys, metric labels and MQTT topic parts, so keep them plain.
-            raise ConfigError(f"{w(at + '.name')}: {c.name!r} must be identifier-like (letters, digits, '_'; "
+            raise ConfigError(f"{w(at + '.name')}: {short(c.name)} must be identifier-like (letters, digits, '_'; "
                               f"not starting with a digit), e.g. missing_cap")
         if c.name in seen:
-            raise ConfigError(f"{w(at + '.name')}: duplicate check name {c.name!r}; each check needs its own name")
+            raise ConfigError(f"{w(at + '.name')}: duplicate check name {short(c.name)}; each check needs its own name")
         seen.add(c.name)
+        if "\0" in c.prompt:
+            raise ConfigError(f"{w(at + '.prompt')}: contains a NUL character; remove it")
         if not c.prompt.strip():
-            raise ConfigError(f"{w(at + '.prompt')}: check {c.name!r} needs a non-empty prompt")
+            raise ConfigError(f"{w(at + '.prompt')}: check {short(c.name)} needs a non-empty prompt")
         try:
             c.rule  # noqa: B018 - parsing now turns a bad rule into a load-time error
         except RuleError as exc:
             raise ConfigError(f"{w(at + '.fail_if')}: {exc}") from None
         if c.roi is not None:
             if len(c.roi) != 4:
-                raise ConfigError(f"{w(at + '.roi')}: expected [x1, y1, x2, y2], got {c.roi!r}")
+                raise ConfigError(f"{w(at + '.roi')}: expected [x1, y1, x2, y2], got {short(c.roi)}")
             x1, y1, x2, y2 = c.roi
             if x1 < 0 or y1 < 0 or x2 <= x1 or y2 <= y1:
                 raise ConfigError(f"{w(at + '.roi')}: needs 0 <= x1 < x2 and 0 <= y1 < y2 (frame pixels), "
-                                  f"got {c.roi!r}")
+                                  f"got {short(c.roi)}")
         if c.roi_mode not in ROI_MODES:
-            raise ConfigError(f"{w(at + '.roi_mode')}: must be one of {', '.join(ROI_MODES)}, got {c.roi_mode!r}")
+            raise ConfigError(f"{w(at + '.roi_mode')}: must be one of {', '.join(ROI_MODES)}, got {short(c.roi_mode)}")
         if c.conf is not None and not 0.0 <= c.conf <= 1.0:
             raise ConfigError(f"{w(at + '.conf')}: must be in 0-1, got {c.conf}")
 
     s = r.source
     if isinstance(s.uri, bool) or not isinstance(s.uri, (str, int)) or (isinstance(s.uri, str) and not s.uri.strip()):
-        raise ConfigError(f"{w('source.uri')}: expected a path, URL, pipeline or camera index, got {s.uri!r}")
+        raise ConfigError(f"{w('source.uri')}: expected a path, URL, pipeline or camera index, got {short(s.uri)}")
     _choice(s.kind, SOURCE_KINDS, w("source.kind"))
     _validate_genicam(s, w)
     _choice(s.trigger, TRIGGERS, w("source.trigger"))
@@ -341,21 +350,22 @@ def _validate(r: LineRecipe, file: str) -> None:
         _positive(k.jsonl.rotate_mb, w("sinks.jsonl.rotate_mb"), allow_zero=True)
     if k.images:
         _positive(k.images.max_files, w("sinks.images.max_files"))
+        _positive(k.images.min_free_mb, w("sinks.images.min_free_mb"), allow_zero=True)
     if k.mqtt:
         _port(k.mqtt.port, w("sinks.mqtt.port"))
         if k.mqtt.qos not in (0, 1, 2):
             raise ConfigError(f"{w('sinks.mqtt.qos')}: must be 0, 1 or 2, got {k.mqtt.qos}")
     if k.webhook:
         if not k.webhook.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{w('sinks.webhook.url')}: must start with http:// or https://, got {k.webhook.url!r}")
+            raise ConfigError(f"{w('sinks.webhook.url')}: must start with http:// or https://, got {short(k.webhook.url)}")
         _positive(k.webhook.timeout_s, w("sinks.webhook.timeout_s"))
     if k.opcua:
         if not k.opcua.endpoint.startswith("opc.tcp://"):
-            raise ConfigError(f"{w('sinks.opcua.endpoint')}: must start with opc.tcp://, got {k.opcua.endpoint!r}")
+            raise ConfigError(f"{w('sinks.opcua.endpoint')}: must start with opc.tcp://, got {short(k.opcua.endpoint)}")
         for key in ("node", "part_id_node"):
             node = getattr(k.opcua, key)
             if node is not None and not _NODE_ID.match(node):
-                raise ConfigError(f"{w('sinks.opcua.' + key)}: {node!r} is not an OPC UA NodeId; write it like "
+                raise ConfigError(f"{w('sinks.opcua.' + key)}: {short(node)} is not an OPC UA NodeId; write it like "
                                   f"'ns=2;s=Line1.Verdict' or 'ns=3;i=1001'")
         if k.opcua.part_id_node == k.opcua.node:
             raise ConfigError(f"{w('sinks.opcua.part_id_node')}: must be a different node from 'node'")
@@ -384,9 +394,9 @@ def _validate_genicam(s: SourceSpec, w) -> None:
     is_genicam = isinstance(s.uri, str) and s.uri.startswith("genicam://")
     if s.kind == "genicam" and not isinstance(s.uri, str):
         raise ConfigError(f"{w('source.uri')}: kind genicam needs genicam://<producer .cti path>[?serial=...], "
-                          f"got {s.uri!r}")
+                          f"got {short(s.uri)}")
     if is_genicam and s.kind not in ("auto", "genicam"):
-        raise ConfigError(f"{w('source.kind')}: a genicam:// uri needs kind genicam or auto, got {s.kind!r}")
+        raise ConfigError(f"{w('source.kind')}: a genicam:// uri needs kind genicam or auto, got {short(s.kind)}")
     if is_genicam or s.kind == "genicam":
         from promptdet.line.genicam import parse_genicam_uri  # no harvesters import: only the uri syntax
 

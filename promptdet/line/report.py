@@ -17,8 +17,9 @@ from promptdet.errors import PromptdetError
 PERCENTILES = (50, 95, 99)
 
 
-def summarise(sqlite_path: str | Path, since_ts: float | None = None) -> dict:
-    """Counts and latency over the parts in ``sqlite_path`` (from ``since_ts`` on, if given).
+def summarise(sqlite_path: str | Path, since_ts: float | None = None, run: str | None = None) -> dict:
+    """Counts and latency over the parts in ``sqlite_path`` (from ``since_ts`` on, if given; of one
+    run if ``run`` is a run id or 'latest'). Also "runs": how many runs the file holds.
 
     Returns {"parts", "pass", "fail", "error", "pass_rate" (0-1, None for no parts),
     "failures_per_check" {name: parts where that check failed}, "reasons" {reason: parts},
@@ -32,6 +33,13 @@ def summarise(sqlite_path: str | Path, since_ts: float | None = None) -> dict:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             where, args = ("WHERE ts >= ?", (since_ts,)) if since_ts is not None else ("", ())
+            columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+            runs = db.execute("SELECT COUNT(DISTINCT run_id) FROM results").fetchone()[0] if "run_id" in columns else 0
+            if run is not None:
+                if run == "latest" and "run_id" in columns:
+                    run = (db.execute("SELECT run_id FROM results ORDER BY ts DESC LIMIT 1").fetchone() or [None])[0]
+                where = (where + " AND " if where else "WHERE ") + "run_id IS ?"
+                args = (*args, run)
             rows = db.execute(f"SELECT ts, verdict, reasons, checks, latency_ms FROM results {where} ORDER BY ts",
                               args).fetchall()
         finally:
@@ -56,13 +64,15 @@ def summarise(sqlite_path: str | Path, since_ts: float | None = None) -> dict:
     return {"parts": n, "pass": verdicts.get("PASS", 0), "fail": verdicts.get("FAIL", 0),
             "error": verdicts.get("ERROR", 0), "pass_rate": verdicts.get("PASS", 0) / n if n else None,
             "failures_per_check": dict(failures.most_common()), "reasons": dict(reasons.most_common()),
-            "latency_ms": latency, "first_ts": rows[0][0] if rows else None, "last_ts": rows[-1][0] if rows else None}
+            "latency_ms": latency, **({"runs": runs} if runs else {}), "first_ts": rows[0][0] if rows else None, "last_ts": rows[-1][0] if rows else None}
 
 
 def format_summary(summary: dict) -> str:
     """A plain-text table of ``summarise``'s result, for a terminal."""
     n = summary["parts"]
     lines = [f"{'parts':<24}{n:>10}"]
+    if summary.get("runs", 0) > 1:
+        lines.append(f"{'runs in the file':<24}{summary['runs']:>10}  (--run latest for the last one)")
     if not n:
         return lines[0] + "\n(no results yet)"
     lines.append(f"{'pass rate':<24}{summary['pass_rate'] * 100:>9.2f}%")

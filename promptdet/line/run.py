@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from promptdet.errors import UsageError
+from promptdet.line.health import check_no_loss, lost_records, sink_health
 from promptdet.line.pipeline import Inspector, LineStats, rebase_file_sinks, run_line, stderr_line
 from promptdet.line.recipe import LineRecipe
 from promptdet.line.sinks import build_sinks
@@ -97,12 +98,12 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         + f" at imgsz {' + '.join(str(p.imgsz) for p in sized)}; {len(recipe.checks)} checks; "
         f"deadline {recipe.deadline_ms:g} ms; warmed up in {warm_ms:.0f} ms")
     stop = threading.Event()
-    software = SoftwareTrigger() if recipe.source.trigger == "software" else None
+    software = SoftwareTrigger(frame_timeout_s=recipe.deadline_ms / 1e3) if recipe.source.trigger == "software" else None
     frames, src = open_source(recipe, stop, software)
     sinks = build_sinks(recipe.sinks)
     for sink in sinks:
         sink.start()
-    stats = LineStats(source=src.stats)
+    stats = LineStats(source=src.stats, sinks=sinks)
 
     def request_stop(signum=None, _frame=None) -> None:
         if not stop.is_set():
@@ -120,12 +121,14 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
     if recipe.stats.port:
         from promptdet.line.server import serve
 
-        server = serve(recipe.stats.port, lambda: {"ok": not stop.is_set(), "parts": stats.parts,
-                                                   "fps": round(stats.fps(), 3)},
-                       lambda: stats.prometheus(sinks), software.trigger if software else None)
+        server = serve(recipe.stats.port, lambda: {"ok": not stop.is_set() and not lost_records(sinks),
+                                                   "parts": stats.parts, "fps": round(stats.fps(), 3),
+                                                   **sink_health(sinks)},
+                       lambda: stats.prometheus(sinks), software.trigger if software else None,
+                       token=recipe.stats.token)
         say(f"http: /health and /metrics on 127.0.0.1:{recipe.stats.port}")
-    if software is not None and recipe.source.kind != "folder":
-        software.listen_stdin(sys.stdin)
+    if software is not None and not isinstance(src, FolderSource):  # the kind found, not the recipe's 'auto'
+        software.listen_stdin(sys.stdin, close_on_eof=server is None)  # EOF never ends an HTTP-triggered line
 
     counted = [0]
 
@@ -149,4 +152,5 @@ def inspect_line(recipe: LineRecipe, source: str | None = None, out_dir: str | P
         if c["spooled"] or c["errors"] or c["dropped"]:
             say(f"sink {sink.name}: {c['written']} written, {c['spooled']} spooled for replay, {c['dropped']} dropped, "
                 f"{c['errors']} errors" + (f" (last: {sink.last_error})" if sink.last_error else ""))
+    check_no_loss(sinks)
     return stats

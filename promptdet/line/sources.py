@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from promptdet.errors import UsageError
+from promptdet.limits import TRIGGER_QUEUE
 from promptdet.runtime.imageio import IMAGE_EXTS, ImageReadError, _quiet_opencv, read_image, to_bgr8
 
 TRIGGERS = ("every-frame", "free-run", "software")
@@ -38,6 +39,7 @@ class Frame:
     part_id: str | None = None  # from a software trigger, or the file name of a folder source
     name: str | None = None  # what the frame came from, for records
     read_ms: float = 0.0  # time to grab and decode it
+    error: str | None = None  # set when no image could be had for a part (it becomes an ERROR record)
 
 
 @dataclass
@@ -241,24 +243,42 @@ class SoftwareTrigger:
     """Captures on demand: ``trigger(part_id)`` (from stdin or an HTTP POST) asks for one frame.
 
     The newest frame of the source at trigger time is used; without a trigger, frames are dropped.
+    At most ``max_pending`` triggers wait for a frame; past that ``trigger`` refuses (False), so a
+    flood can never build a backlog that judges parts long after their trigger. The part's clock
+    starts at the trigger (the deadline covers the wait), and a trigger that gets no frame within
+    ``frame_timeout_s`` becomes a frame with ``error`` set: an ERROR record, never a silent skip.
     """
 
-    def __init__(self):
-        self._requests: queue.Queue = queue.Queue()
+    def __init__(self, max_pending: int = TRIGGER_QUEUE, frame_timeout_s: float | None = None):
+        self._requests: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.max_pending = max_pending
+        self.frame_timeout_s = frame_timeout_s
+        self.refused = 0
+        self._closed = threading.Event()
 
-    def trigger(self, part_id: str | None = None) -> None:
-        self._requests.put(part_id)
+    def trigger(self, part_id: str | None = None) -> bool:
+        """Ask for one capture; False (and counted in ``refused``) when ``max_pending`` are waiting."""
+        try:
+            self._requests.put_nowait((part_id, time.time()))
+            return True
+        except queue.Full:
+            self.refused += 1
+            return False
 
     def close(self) -> None:
-        self._requests.put(StopIteration)
+        self._closed.set()
 
-    def listen_stdin(self, stream) -> threading.Thread:
-        """Each line of ``stream`` is a trigger; its text (if any) is the part id. EOF ends it."""
+    def listen_stdin(self, stream, close_on_eof: bool = True) -> threading.Thread:
+        """Each line of ``stream`` is a trigger; its text (if any) is the part id. EOF ends the line
+        only with ``close_on_eof`` (not when the HTTP endpoint also triggers: a service's stdin is
+        often /dev/null)."""
 
         def run() -> None:
             for line in stream:
-                self.trigger(line.strip() or None)
-            self.close()
+                while not self.trigger(line.strip() or None) and not self._closed.is_set():
+                    time.sleep(0.05)  # stdin is one reader that can wait, unlike an HTTP client
+            if close_on_eof:
+                self.close()
 
         thread = threading.Thread(target=run, name="promptdet-stdin-trigger", daemon=True)
         thread.start()
@@ -278,17 +298,29 @@ class SoftwareTrigger:
             ended.set()
 
         threading.Thread(target=grab, name="promptdet-trigger-grabber", daemon=True).start()
+        index = 0
         while not stop.is_set():
-            part_id = self._requests.get()
-            if part_id is StopIteration:
-                return
-            while newest[0] is None and not ended.is_set():
+            try:
+                part_id, t_trigger = self._requests.get(timeout=0.05)
+            except queue.Empty:
+                if self._closed.is_set():
+                    return
+                continue
+            give_up = t_trigger + self.frame_timeout_s if self.frame_timeout_s is not None else float("inf")
+            while newest[0] is None and not ended.is_set() and not stop.is_set() and time.time() < give_up:
                 time.sleep(0.005)
             frame = newest[0]
             if frame is None:
-                return
+                if ended.is_set() or stop.is_set():
+                    return
+                yield Frame(np.zeros((1, 1, 3), np.uint8), index, t_trigger, part_id=part_id, name="trigger",
+                            error=f"no frame within {self.frame_timeout_s * 1e3:.0f} ms of the trigger")
+                index += 1
+                continue
             newest[0] = None
             frame.part_id = part_id if part_id is not None else frame.part_id
+            frame.t_capture = min(frame.t_capture, t_trigger)  # the deadline runs from the trigger
+            index = frame.index + 1
             yield frame
 
 

@@ -14,12 +14,11 @@ import cv2
 import numpy as np
 
 from promptdet.errors import PromptdetError, UsageError
+from promptdet.limits import MAX_PIXELS, MAX_SIDE
 from promptdet.runtime.preprocess import PAD_VALUE
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
-MAX_SIDE = 20000
-MAX_PIXELS = 2 * 89_478_485  # Pillow refuses to open anything larger (its decompression-bomb limit)
 _ORIENT = {  # EXIF orientation tag -> the transform that ImageOps.exif_transpose applies
     2: lambda a: cv2.flip(a, 1), 3: lambda a: cv2.rotate(a, cv2.ROTATE_180), 4: lambda a: cv2.flip(a, 0),
     5: lambda a: cv2.transpose(a), 6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
@@ -66,8 +65,13 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
                              "downscale it first") from None
     except ImageReadError:
         raise
-    except Exception:  # noqa: BLE001 - unknown to Pillow or a damaged header: OpenCV may still read it
-        pil = None
+    except Exception:  # noqa: BLE001 - unknown to Pillow, or a damaged header
+        # OpenCV would decode it with no size known beforehand (a 1 KB Radiance HDR can declare 184 MP):
+        # refuse, rather than find out it is too large after the memory is spent.
+        if data[:10] == b"#?RADIANCE" or data[:6] == b"#?RGBE":  # OpenCV reads these, Pillow cannot size them
+            raise ImageReadError(f"cannot read image {name}: a Radiance HDR, whose size cannot be read before "
+                                 "decoding; convert it to PNG or JPEG") from None
+        raise ImageReadError(f"cannot read image {name}: not an image, or a damaged file") from None
     with _quiet_opencv():
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     rgb = False

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from promptdet.errors import PromptdetError, UsageError
+from promptdet.runtime.integrity import check_export_meta
 from promptdet.runtime.predictor import BasePredictor
 from promptdet.text.cache import EmbeddingCache
 from promptdet.text.prompts import normalize_prompts, shorten
@@ -98,6 +99,7 @@ class OnnxModel:
             raise PromptdetError(f"{meta_path}: unreadable metadata ({type(exc).__name__}: {exc})") from None
         if fmt != EXPORT_FORMAT:
             raise PromptdetError(f"{meta_path}: format {fmt!r}; this promptdet reads {EXPORT_FORMAT}")
+        check_export_meta(self.meta, meta_path)  # bounds, and a hash for every file
         if graph_optimization not in _GRAPH_OPT:
             raise UsageError(f"graph_optimization must be one of {', '.join(_GRAPH_OPT)}, got {graph_optimization!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):

@@ -6,9 +6,7 @@ import warnings
 from collections.abc import Sequence
 
 from promptdet.errors import UsageError
-
-# Far beyond any useful instruction, and small enough that the tokenizer never sees megabytes.
-MAX_PROMPT_CHARS = 2000
+from promptdet.limits import MAX_PROMPT_CHARS, MAX_PROMPTS
 
 
 class PromptError(UsageError):
@@ -16,6 +14,8 @@ class PromptError(UsageError):
 
 
 def _clean(text: str, where: str, hint: str) -> str:
+    if "\0" in text:  # a C string ends there: tokenizers, databases and PLC strings would disagree on the text
+        raise PromptError(f"{where} contains a NUL character; remove it")
     # str.split() with no argument splits on any run of Unicode whitespace, so this also strips.
     cleaned = " ".join(text.split())
     if not cleaned:
@@ -48,6 +48,8 @@ def normalize_prompts(prompts: str | Sequence[str]) -> list[str]:
         hint = "give each prompt some words"
     else:
         raise PromptError(f"prompts must be a string or a list of strings, not {type(prompts).__name__}")
+    if len(pieces) > MAX_PROMPTS:
+        raise PromptError(f"{len(pieces)} prompts; at most {MAX_PROMPTS} at once (promptdet.limits.MAX_PROMPTS)")
     out = []
     for piece, name in zip(pieces, names):
         if not isinstance(piece, str):

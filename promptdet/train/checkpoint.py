@@ -64,6 +64,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         meta = json.loads(info.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{info}: invalid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{info}: the metadata must be a JSON object, got a {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{info}: not a promptdet checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:

@@ -19,6 +19,7 @@ without ``phrase`` takes it from the caption via ``tokens_positive``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,11 @@ def import_odvg(src: Path, *, images_root: Path | None = None, seed: int = 0, sp
         filename = require(rec, "filename", str, src, line)
         if not filename:
             raise DataFormatError(str(src), line, "filename", "must be a non-empty string")
+        for key in ("height", "width"):  # optional, but a NaN or negative size is a broken file
+            size = rec.get(key)
+            if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))
+                                     or not math.isfinite(size) or size <= 0):
+                raise DataFormatError(str(src), line, key, f"must be a finite positive number, got {size!r}")
         if "detection" in rec:
             detections.append(_detection(rec, src, line, lmap, seen_names, skipped))
         elif "grounding" in rec:

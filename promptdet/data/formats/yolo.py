@@ -19,8 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from promptdet.data.formats.base import ImageLabels, ImportResult, as_dict, category_pairs, check_options
+from promptdet.config import safe_yaml
+from promptdet.data.formats.base import (
+    ImageLabels,
+    ImportResult,
+    as_dict,
+    category_pairs,
+    check_options,
+)
 from promptdet.data.pairs import DataFormatError
+from promptdet.limits import MAX_LABEL_LINES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _FIELDS = ("class", "cx", "cy", "w", "h")
@@ -33,7 +41,7 @@ def read_class_names(path: Path) -> list[str]:
         import yaml
 
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = safe_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = None if line is None else line + 1
@@ -69,9 +77,7 @@ def _find_names_file(src: Path) -> Path:
 
 
 def _split_dirs(names_file: Path, root: Path, split: str) -> list[Path]:
-    import yaml
-
-    data = yaml.safe_load(names_file.read_text(encoding="utf-8")) if names_file.suffix in (".yaml", ".yml") else None
+    data = safe_yaml(names_file.read_text(encoding="utf-8")) if names_file.suffix in (".yaml", ".yml") else None
     entry = data.get(split) if isinstance(data, dict) else None
     if entry is None:
         raise ValueError(f"{names_file}: no '{split}:' entry; a YOLO --split must be a data.yaml key "
@@ -118,7 +124,12 @@ def image_size_wh(path: Path) -> tuple[int, int]:
 
 def read_label_file(path: Path, image: Path, names: list[str], rel: str, skipped: Counter) -> ImageLabels:
     labels = ImageLabels(rel)
+    if path.stat().st_size > MAX_LABEL_LINES * 64:  # a line is 'c cx cy w h': far under 64 bytes
+        raise DataFormatError(str(path), None, None, f"{path.stat().st_size} bytes; a label file is at most "
+                              f"{MAX_LABEL_LINES} lines (promptdet.limits.MAX_LABEL_LINES)")
     lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) > MAX_LABEL_LINES:
+        raise DataFormatError(str(path), None, None, f"{len(lines)} lines; a label file is at most {MAX_LABEL_LINES}")
     size_wh: tuple[int, int] | None = None
     for line_no, line in enumerate(lines, 1):
         parts = line.split()
