@@ -240,8 +240,9 @@ def _recipe(tmp_path):
     from promptdet.line.recipe import recipe_from_dict
 
     return recipe_from_dict({
-        "model": {"weights": "w"}, "source": {"uri": str(tmp_path)},
-        "checks": [{"name": "no_defects", "prompt": "find the defective parts", "rule": "count == 0"}],
+        "version": 1, "model": {"weights": "w", "backend": "torch"},
+        "source": {"uri": str(tmp_path), "trigger": "every-frame"},
+        "checks": [{"name": "no_defects", "prompt": "find the defective parts", "fail_if": "count >= 1"}],
         "sinks": {"jsonl": {"path": str(tmp_path / "r.jsonl")}, "spool_dir": str(tmp_path / "spool")}})
 
 
@@ -270,7 +271,9 @@ def test_line_refuses_an_unknown_check_prompt_at_start_up(tmp_path):
 def test_decide_unfamiliar_outranks_a_passing_check():
     from promptdet.line.rules import UNFAMILIAR, decide, evaluate_check
 
-    passing = evaluate_check("c", "count == 0", np.zeros((0, 4)), np.zeros(0), None, 0.5, "center")
+    from promptdet.line.rules import parse_rule
+
+    passing = evaluate_check("c", parse_rule("count >= 1"), np.zeros((0, 4)), np.zeros(0), None, 0.5)
     assert decide([passing], None, 1.0).verdict == "PASS"
     verdict = decide([passing], None, 1.0, unfamiliar=True)
     assert verdict.verdict == "ERROR" and verdict.reasons == [UNFAMILIAR]
