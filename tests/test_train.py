@@ -191,7 +191,9 @@ def test_slim_checkpoint_keeps_the_model_in_half_precision(tmp_path):
     ckpt.slim_checkpoint(tmp_path / "full.safetensors", tmp_path / "slim")
     slim, meta = ckpt.load_checkpoint(tmp_path / "slim.safetensors")
     assert "train.x" not in slim and "optimizer" not in meta and meta["storage"] == "float16"
-    assert all(v.dtype == torch.float16 for v in slim.values() if v.is_floating_point())
+    # The image familiarity statistics stay float32: their distances sum hundreds of squared features.
+    assert all(v.dtype == torch.float16 for k, v in slim.items() if v.is_floating_point() and ".familiarity.image_" not in k)
+    assert all(v.dtype == torch.float32 for k, v in slim.items() if ".familiarity.image_" in k)
     loaded = promptdet.load(tmp_path / "slim.safetensors").detector.state_dict()
     for k, v in model.state_dict().items():
         assert loaded[k].dtype == v.dtype and torch.allclose(loaded[k].float(), v.float(), atol=1e-2, rtol=1e-3), k

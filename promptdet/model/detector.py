@@ -13,7 +13,7 @@ from torch import nn
 
 from promptdet.config import ModelConfig
 from promptdet.model.backbone import Backbone
-from promptdet.model.familiarity import Familiarity, pooled_image_features
+from promptdet.model.familiarity import Familiarity
 from promptdet.model.fusion import CandidateReasoner
 from promptdet.model.head import DetectHead, PromptSimilarity, TextProjection
 from promptdet.model.neck import PanNeck
@@ -84,6 +84,6 @@ class PromptDetector(nn.Module):
                                                 token_mask)
         if self.verifier is not None:
             cand_logits = self.verifier(images, boxes, idx, cand_logits, pooled, tokens, token_mask)
-        image_fam, prompt_fam = self.familiarity(pooled_image_features(levels), pooled)
+        image_fam, prompt_fam = self.familiarity(levels, pooled)
         return DetectorOutput(box_dist, boxes, dense, idx, cand_logits, valid, anchor_points, stride_tensor, region,
                               image_fam, prompt_fam)

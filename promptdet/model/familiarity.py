@@ -101,8 +101,10 @@ class Familiarity(nn.Module):
         foreign = (p @ self.prompt_foreign.t()).topk(k_foreign, dim=-1).values.mean(-1)
         return known - foreign
 
-    def forward(self, feats: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats [B, F], pooled [B|1, K, Dt] -> image familiarity [B], prompt familiarity [B|1, K], in 0-1."""
+    def forward(self, levels: tuple[torch.Tensor, ...], pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """trunk levels (see ``pooled_image_features``) or their pooled features [B, F], and pooled
+        prompts [B|1, K, Dt] -> image familiarity [B], prompt familiarity [B|1, K], in 0-1."""
+        feats = levels if isinstance(levels, torch.Tensor) else pooled_image_features(levels)
         image = torch.sigmoid((self.image_threshold - self.image_distance(feats)) / self.image_scale)
         prompt = torch.sigmoid((self.prompt_margin(pooled) - self.prompt_threshold) / self.prompt_scale)
         # Uncalibrated: 1.0 everywhere (calibrated is 0 or 1), so nothing is withheld on no evidence.
