@@ -58,3 +58,25 @@ def test_prompts_never_suppress_each_other(contained):
     b, s, ids = select_detections(boxes, scores, 0.25, 0.6, 10, contained)
     # Prompt 1's cap survives although prompt 0's bottle contains it.
     assert ids.tolist() == [0, 1] and np.allclose(b, [BOTTLE, CAP])
+
+
+# IoU alone (containment off, and boxes that do not nest): the greedy rule keeps a box only when its
+# IoU with every higher-scoring kept box is at most ``iou``. IoUs worked by hand: two 10x10 squares
+# shifted by s along x overlap 10*(10-s) over 100+100-10*(10-s).
+@pytest.mark.parametrize("boxes, scores, iou, kept", [
+    ([], [], 0.5, []),                                                    # nothing in, nothing out
+    ([[0, 0, 10, 10]], [0.3], 0.5, [0]),                                  # one box always stays
+    ([[0, 0, 10, 10], [2, 0, 12, 10]], [0.9, 0.8], 0.5, [0]),             # IoU 80/120 = 0.667 > 0.5
+    ([[0, 0, 10, 10], [2, 0, 12, 10]], [0.9, 0.8], 0.7, [0, 1]),          # 0.667 <= 0.7: both stay
+    ([[0, 0, 10, 10], [3, 0, 13, 10]], [0.9, 0.8], 0.5, [0]),             # IoU 70/130 = 0.538 > 0.5
+    ([[0, 0, 10, 10], [4, 0, 14, 10]], [0.9, 0.8], 0.5, [0, 1]),          # IoU 60/140 = 0.429
+    ([[2, 0, 12, 10], [0, 0, 10, 10]], [0.8, 0.9], 0.5, [1]),             # the higher score wins, not the first
+    ([[0, 0, 10, 10], [2, 0, 12, 10], [4, 0, 14, 10]], [0.9, 0.8, 0.7], 0.5, [0, 2]),  # 2 goes with 1, not 0
+    ([[100, 50, 110, 60], [100, 52, 110, 62]], [0.9, 0.8], 0.6, [0]),     # away from the origin, along y: 0.667
+])
+def test_iou_alone_suppresses_overlapping_boxes(boxes, scores, iou, kept):
+    b = np.array(boxes, float).reshape(-1, 4)
+    s = np.array(scores, float)
+    assert nms(b, s, iou, contained=None).tolist() == kept
+    # boxes of equal size never nest, so the containment rule cannot be what suppresses them here
+    assert nms(b, s, iou).tolist() == kept
