@@ -28,6 +28,13 @@ from promptdet.line.rules import RuleError, decide, evaluate_check, parse_rule, 
     ("not not count >= 1", 0, 0.0, False),
     ("not (count >= 2 and max_score > 0.9)", 3, 0.95, False),
     ("not (count >= 2 and max_score > 0.9)", 3, 0.5, True),
+    # 'not' binds tighter than 'and' and 'or': it takes one comparison, not the rest of the clause
+    ("not count >= 1 and max_score > 0.5", 0, 0.0, False),   # (not False) and False; not (False and False) is True
+    ("not count >= 1 and max_score > 0.5", 2, 0.9, False),
+    ("not count == 0 or max_score > 0.8", 0, 0.0, False),    # (not True) or False
+    ("not count == 0 or max_score > 0.8", 1, 0.3, True),
+    ("max_score > 0.5 and not count >= 3", 2, 0.9, True),
+    ("max_score > 0.5 and not count >= 3", 3, 0.9, False),
     # 'and' binds tighter than 'or'; parentheses change that
     ("count == 1 or count == 2 and max_score > 0.9", 1, 0.1, True),
     ("(count == 1 or count == 2) and max_score > 0.9", 1, 0.1, False),
