@@ -62,15 +62,29 @@ def test_ap50_by_hand_with_101_point_interpolation():
     assert pr["precision"][51:] == [0.0] * 50
 
 
-def test_iou_between_thresholds_counts_for_ap50_only():
-    # IoU 0.62 (not exactly 0.6, which would tie with the 0.60 threshold): matched at
-    # 0.50, 0.55, 0.60 and missed at 0.65..0.95, so AP50-95 = 3/10.
-    gt, pred = [0, 0, 10, 10], [0, 0, 10, 6.2]
+# IoU 0.62 (not exactly 0.6, which would tie with the 0.60 threshold): matched at 0.50, 0.55,
+# 0.60 and missed at 0.65..0.95, so AP50-95 = 3/10. The same pair at the origin and shifted away
+# from it: at the origin x2,y2 equal width,height, so only a shifted pair tells xyxy from xywh
+# (taken as xywh, the shifted pair overlaps fully and would score 1.0).
+@pytest.mark.parametrize("gt, pred", [
+    ([0, 0, 10, 10], [0, 0, 10, 6.2]),
+    ([100, 40, 110, 50], [100, 40, 110, 46.2]),       # shifted along both axes
+    ([30, 200, 40, 210], [33.8, 200, 40, 210]),       # shrunk from the left, far down the image
+])
+def test_iou_between_thresholds_counts_for_ap50_only(gt, pred):
     assert box_iou(np.array([gt], float), np.array([pred], float))[0, 0] == pytest.approx(0.62)
     row = evaluate_queries([q("category", [gt], [pred], [0.9])])["types"]["category"]
     assert row["AP50"] == pytest.approx(1.0)
     assert 0.0 < row["AP50_95"] < row["AP50"]
     assert row["AP50_95"] == pytest.approx(0.3)
+
+
+def test_a_shifted_box_that_misses_scores_zero_away_from_the_origin():
+    # IoU 0.25 at every threshold: no match, AP 0; read as xywh, both would be large overlapping boxes.
+    gt, pred = [100, 100, 140, 140], [120, 100, 180, 140]
+    assert box_iou(np.array([gt], float), np.array([pred], float))[0, 0] == pytest.approx(0.25)
+    row = evaluate_queries([q("category", [gt], [pred], [0.9])])["types"]["category"]
+    assert row["AP50"] == 0.0 and row["AP50_95"] == 0.0
 
 
 def test_predictions_never_match_another_querys_gt():
