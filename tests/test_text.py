@@ -122,7 +122,7 @@ def test_cache_rejects_bad_sizes_and_none():
     with pytest.raises(ValueError, match="max_entries must be >= 0"):
         EmbeddingCache(max_entries=-1)
     cache = EmbeddingCache(max_entries=1)
-    with pytest.raises(ValueError, match="None cannot be cached"):
+    with pytest.raises(ValueError, match="^None cannot be cached: get"):
         cache.put(("e", "a"), None)
     assert len(cache) == 0
     cache.put(("e", "a"), 1)
@@ -143,9 +143,10 @@ def test_cache_threads_and_copy():
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert len(cache) == 50 and cache.hits + cache.misses == 2000
-    clone = copy.deepcopy(cache)
-    clone.put(("x", "y"), 1)
-    assert ("x", "y") not in cache
+    for clone in (copy.deepcopy(cache), copy.copy(cache)):
+        # a copy has its own entries (and its own lock): sharing them would let two locks guard one dict
+        clone.put(("x", "y"), 1)
+        assert ("x", "y") not in cache and len(clone) == 50 and clone._lock is not cache._lock
 
 
 # ---------------------------------------------------------------- encoders
