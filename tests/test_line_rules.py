@@ -135,3 +135,32 @@ def test_record_is_json_ready():
     assert list(again["checks"]) == ["defective_parts", "missing_cap"]
     assert again["checks"]["missing_cap"] == {"passed": False, "count": 1, "max_score": 0.9, "rule": "count >= 1",
                                               "boxes": [[0.0, 0.0, 5.0, 5.0]], "scores": [0.9]}
+
+
+def test_record_schema_exactly():
+    """The stored record, key by key: every sink and every reader of results.db depend on it."""
+    rule = parse_rule("count >= 1", "scratch")
+    hit = evaluate_check("scratch", rule, [[1.234567, 2, 3.0051, 4]], [0.9876543])
+    empty = evaluate_check("cap", parse_rule("count == 0", "cap"), [], [])
+    errored = evaluate_check("dent", rule, [], [])
+    errored.error, errored.failed = "model output missing", None
+    record = decide([hit, empty, errored], 500, 42.123456, part_id="p-9", ts=1000.1234567).to_record()
+    assert record == {
+        "schema": "promptdet.verdict/1", "part_id": "p-9", "ts": 1000.123457, "verdict": "ERROR",
+        "reasons": ["error: dent: model output missing", "failed: scratch", "failed: cap"],
+        "latency_ms": 42.123, "deadline_ms": 500,
+        "checks": {
+            "scratch": {"passed": False, "count": 1, "max_score": 0.98765, "rule": "count >= 1",
+                        "boxes": [[1.23, 2.0, 3.01, 4.0]], "scores": [0.98765]},
+            "cap": {"passed": False, "count": 0, "max_score": 0.0, "rule": "count == 0", "boxes": [], "scores": []},
+            "dent": {"passed": False, "count": 0, "max_score": 0.0, "rule": "count >= 1", "boxes": [], "scores": [],
+                     "error": "model output missing"},
+        }}
+
+
+def test_a_bad_rule_message_in_full():
+    with pytest.raises(RuleError) as err:
+        parse_rule("count >= 1 and", "cap")
+    assert str(err.value) == ("check 'cap': fail_if 'count >= 1 and': ends early: expected count, max_score or a "
+                              "number at column 15 (allowed: count, max_score, numbers, >= <= == != > <, and, or, "
+                              "not, parentheses)")
