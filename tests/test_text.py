@@ -14,10 +14,9 @@ import warnings
 
 import pytest
 
+from promptdet.checks import default_text_encoder_dir
 from promptdet.errors import PromptdetError, UsageError
 from promptdet.text import MAX_PROMPT_CHARS, EmbeddingCache, PromptError, normalize_prompts
-
-from promptdet.checks import default_text_encoder_dir  # noqa: E402
 
 # The prompt and cache tests above the encoders need no torch (the edge install has none), so only
 # the encoder tests skip without it, each on its own.
