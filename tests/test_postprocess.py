@@ -47,6 +47,7 @@ def test_a_degenerate_box_elsewhere_is_not_taken_for_a_part():
 
 def test_empty_input_gives_empty_arrays():
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.6).tolist() == []
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.6).dtype == np.int64  # indices, even when there are none
     b, s, ids = select_detections(np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.float32), 0.25, 0.6, 10)
     assert b.shape == (0, 4) and s.shape == (0,) and ids.shape == (0,)
 
@@ -80,3 +81,52 @@ def test_iou_alone_suppresses_overlapping_boxes(boxes, scores, iou, kept):
     assert nms(b, s, iou, contained=None).tolist() == kept
     # boxes of equal size never nest, so the containment rule cannot be what suppresses them here
     assert nms(b, s, iou).tolist() == kept
+
+
+# Edges of the rules, by hand: exactly at the IoU threshold (kept: suppression needs more than
+# ``iou``), sub-pixel boxes (areas below 1 px), and a kept box lying exactly ``contained`` inside a
+# much larger one. (boxes, scores, iou, contained) -> kept.
+@pytest.mark.parametrize("boxes, scores, iou, contained, kept", [
+    ([[0, 0, 10, 10], [0, 0, 10, 5]], [0.9, 0.8], 0.5, None, [0, 1]),               # IoU exactly 0.5
+    ([[0, 0, 10, 10], [0, 0, 10, 5.01]], [0.9, 0.8], 0.5, None, [0]),               # IoU 0.501
+    ([[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.3]], [0.9, 0.8], 0.5, None, [0]),             # IoU 0.6 on a sub-pixel box
+    ([[0, 0, 0.5, 0.5], [0.1, 0.1, 0.4, 0.4]], [0.9, 0.8], 0.6, 0.9, [0]),          # IoU 0.36, wholly inside
+    ([[0, 0, 10, 10], [5, 0, 100, 100]], [0.9, 0.8], 0.6, 0.5, [0]),                # half of the kept box inside
+    ([[0, 0, 10, 10], [5.1, 0, 100, 100]], [0.9, 0.8], 0.6, 0.5, [0, 1]),           # just under half
+])
+def test_nms_at_the_edges_of_its_rules(boxes, scores, iou, contained, kept):
+    assert nms(np.array(boxes, float), np.array(scores, float), iou, contained).tolist() == kept
+
+
+def test_equal_scores_keep_their_input_order():
+    # 20 far-apart boxes, all scoring 0.5: nothing is suppressed and the order is the input's
+    boxes = np.array([[30 * i, 0, 30 * i + 10, 10] for i in range(20)], float)
+    scores = np.full(20, 0.5)
+    assert nms(boxes, scores, 0.5).tolist() == list(range(20))
+    b, s, ids = select_detections(boxes[None].astype(np.float32), scores[None].astype(np.float32), 0.5, 0.5, 100)
+    np.testing.assert_array_equal(b, boxes)
+
+
+# One image, K prompts: (candidate boxes [K, M, 4], scores [K, M], conf, max_det) -> (boxes, scores, prompt ids),
+# highest score first. conf keeps a score equal to it; each prompt is suppressed and capped on its own.
+@pytest.mark.parametrize("boxes, scores, conf, max_det, want", [
+    (np.zeros((0, 3, 4)), np.zeros((0, 3)), 0.25, 10, ([], [], [])),                              # no prompts
+    ([[BOTTLE, CAP]], [[0.1, 0.2]], 0.25, 10, ([], [], [])),                                        # all below conf
+    ([[BOTTLE, CAP]], [[0.9, 0.6]], 0.25, 10, ([BOTTLE], [0.9], [0])),                              # the cap is inside
+    ([[BOTTLE, [0, 0, 10, 10]]], [[0.25, 0.3]], 0.25, 10, ([[0, 0, 10, 10], BOTTLE], [0.3, 0.25], [0, 0])),
+    ([[[0, 0, 10, 10], [2, 0, 12, 10], [50, 0, 60, 10]]], [[0.9, 0.8, 0.7]], 0.25, 10,              # IoU 0.67 > 0.6
+     ([[0, 0, 10, 10], [50, 0, 60, 10]], [0.9, 0.7], [0, 0])),
+    ([[[0, 0, 10, 10], [50, 0, 60, 10], [100, 0, 110, 10]]], [[0.9, 0.8, 0.7]], 0.25, 2,             # capped at 2
+     ([[0, 0, 10, 10], [50, 0, 60, 10]], [0.9, 0.8], [0, 0])),
+    ([[[0, 0, 10, 10], [50, 0, 60, 10], [100, 0, 110, 10]], [CAP, BOTTLE, [0, 0, 1, 1]]],             # two prompts,
+     [[0.9, 0.8, 0.1], [0.7, 0.95, 0.5]], 0.25, 2,                                                  # 2 each at most
+     ([BOTTLE, [0, 0, 10, 10], [50, 0, 60, 10], [0, 0, 1, 1]], [0.95, 0.9, 0.8, 0.5], [1, 0, 0, 1])),
+])
+def test_select_detections_table(boxes, scores, conf, max_det, want):
+    scores = np.array(scores, np.float32)
+    b, s, ids = select_detections(np.array(boxes, np.float32).reshape(*scores.shape, 4), scores, conf, 0.6, max_det)
+    assert (b.dtype, s.dtype, ids.dtype) == (np.float32, np.float32, np.int64)
+    assert b.shape == (len(want[0]), 4)
+    np.testing.assert_allclose(b.reshape(-1, 4), np.reshape(want[0], (-1, 4)))
+    np.testing.assert_allclose(s, want[1])
+    assert ids.tolist() == want[2]
