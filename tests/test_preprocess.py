@@ -16,17 +16,19 @@ from promptdet.runtime.preprocess import PAD_VALUE, letterbox, to_input
     ((640, 480), 320, 0.5, (0, 40)),
     ((300, 600), 320, 320 / 600, (80, 0)),
     ((100, 61), 64, 0.64, (0, 12)),
+    ((61, 100), 64, 0.64, (12, 0)),          # the odd leftover across: 12 left, 13 right
+    ((1000, 1), 64, 0.064, (0, 31)),         # a 1 px high image stays 1 px high, not 0
     ((64, 64), 64, 1.0, (0, 0)),
 ])
 def test_letterbox_places_the_image_where_the_mapping_says(size_wh, imgsz, scale, pad_xy):
     w, h = size_wh
     square, lb = letterbox(np.full((h, w, 3), 255, np.uint8), imgsz)
     assert square.shape == (imgsz, imgsz, 3)
-    assert lb.scale == pytest.approx(scale) and lb.pad_xy == pad_xy and lb.size_wh == (w, h)
+    assert lb.scale == pytest.approx(scale) and lb.pad_xy == pad_xy and lb.size_wh == (w, h) and lb.imgsz == imgsz
     content = np.argwhere((square != PAD_VALUE).all(-1))
     (y0, x0), (y1, x1) = content.min(0), content.max(0)
     assert (x0, y0) == pad_xy  # the first image pixel sits just after the padding
-    assert x1 + 1 == pad_xy[0] + round(w * scale) and y1 + 1 == pad_xy[1] + round(h * scale)
+    assert x1 + 1 == pad_xy[0] + max(1, round(w * scale)) and y1 + 1 == pad_xy[1] + max(1, round(h * scale))
 
 
 # Original-image boxes and the same boxes in the letterboxed input, by hand.
@@ -39,6 +41,7 @@ def test_letterbox_places_the_image_where_the_mapping_says(size_wh, imgsz, scale
 def test_boxes_round_trip_through_a_non_square_letterbox(size_wh, imgsz, original, boxed):
     w, h = size_wh
     _, lb = letterbox(np.zeros((h, w, 3), np.uint8), imgsz)
+    assert lb.boxes_to_input(original).dtype == lb.boxes_to_original(boxed).dtype == np.float32
     np.testing.assert_allclose(lb.boxes_to_input(original), np.reshape(boxed, (-1, 4)), atol=1e-4)
     np.testing.assert_allclose(lb.boxes_to_original(boxed), np.reshape(original, (-1, 4)), atol=1e-3)
 
@@ -57,3 +60,20 @@ def test_to_input_is_rgb_in_0_1_with_the_same_mapping():
     assert lb.pad_xy == (0, 12)
     np.testing.assert_allclose(x[0, :, 30, 30], [0, 0, 1])  # inside the image: blue is the last channel
     np.testing.assert_allclose(x[0, :, 0, 30], [PAD_VALUE / 255] * 3)  # the top bar
+
+
+# Shrinking averages pixels (INTER_AREA: no aliasing on fine texture), enlarging interpolates (INTER_LINEAR).
+@pytest.mark.parametrize("size_wh, imgsz, interpolation", [
+    ((200, 100), 64, "INTER_AREA"),
+    ((40, 20), 64, "INTER_LINEAR"),
+])
+def test_letterbox_resizes_with_the_right_interpolation(size_wh, imgsz, interpolation):
+    import cv2
+
+    w, h = size_wh
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    square, lb = letterbox(image, imgsz)
+    nw, nh = round(w * lb.scale), round(h * lb.scale)
+    left, top = (int(v) for v in lb.pad_xy)
+    expected = cv2.resize(image, (nw, nh), interpolation=getattr(cv2, interpolation))
+    np.testing.assert_array_equal(square[top:top + nh, left:left + nw], expected)
