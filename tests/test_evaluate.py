@@ -230,3 +230,53 @@ def test_plot_pr_curves_writes_pngs(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
     # A results list works too, and an empty one still gives the summary plot.
     assert [p.name for p in plot_pr_curves([], tmp_path / "empty")] == ["pr_all.png"]
+
+
+# IoU by hand, including sub-pixel boxes (intersections below 1 px^2) and zero-area boxes.
+@pytest.mark.parametrize("a, b, iou", [
+    ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
+    ([0, 0, 10, 10], [5, 0, 15, 10], 50 / 150),
+    ([0, 0, 0.5, 0.5], [0, 0, 0.5, 0.25], 0.5),           # inter 0.125 px^2
+    ([0, 0, 0.5, 0.5], [0.25, 0, 0.75, 0.5], 1 / 3),
+    ([0, 0, 10, 10], [20, 20, 30, 30], 0.0),
+    ([5, 5, 5, 5], [5, 5, 5, 5], 0.0),                     # two points: no area, no union, IoU 0
+    ([5, 5, 5, 9], [0, 0, 10, 10], 0.0),                   # a zero-width box inside another
+])
+def test_box_iou_by_hand(a, b, iou):
+    got = box_iou(np.array([a], float), np.array([b], float))
+    assert got.shape == (1, 1) and got[0, 0] == pytest.approx(iou)
+
+
+@pytest.mark.parametrize("gt, pred, scores, iou_thr, matched", [
+    ([], [A], [0.9], 0.5, 0),
+    ([A], [], [], 0.5, 0),
+    ([A, B], [A, A], [0.9, 0.8], 0.5, 1),                  # one GT is matched once
+    ([A], [[10, 10, 50, 30]], [0.9], 0.5, 1),              # IoU exactly 0.5 matches
+    ([A], [[10, 10, 50, 29.9]], [0.9], 0.5, 0),
+])
+def test_greedy_matches(gt, pred, scores, iou_thr, matched):
+    from promptdet.train.evaluate import greedy_matches
+
+    g, p = np.array(gt, float).reshape(-1, 4), np.array(pred, float).reshape(-1, 4)
+    assert greedy_matches(g, p, np.array(scores, float), iou_thr) == matched
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("gt_boxes", [[0, 0, 5]], "query 7: gt_boxes must have shape [N, 4] xyxy, got (1, 3)"),
+    ("gt_boxes", [[5, 0, 4, 5]], "query 7: gt_boxes must be finite xyxy with x2 >= x1 and y2 >= y1"),
+    ("pred_boxes", [[0, 5, 5, 4]], "query 7: pred_boxes must be finite xyxy with x2 >= x1 and y2 >= y1"),
+    ("pred_boxes", [[0, 0, 5, float("nan")]], "query 7: pred_boxes must be finite xyxy"),
+])
+def test_bad_boxes_are_refused_with_the_query_and_field(field, value, message):
+    fields = {"gt_boxes": np.array([A], float), "pred_boxes": np.array([A], float), "pred_scores": np.array([0.9])}
+    fields[field] = np.array(value, float)
+    with pytest.raises(ValueError) as err:
+        evaluate_queries([QueryResult(query_id=7, image_id="i", type="category", instruction="x", **fields)])
+    assert str(err.value).startswith(message)
+
+
+def test_zero_width_and_single_boxes_are_accepted():
+    # a zero-width or zero-height box is a valid (empty) box, and one box may come unnested
+    m = evaluate_queries([q("category", [A, [5, 5, 5, 9]], [A, [5, 5, 9, 5]], [0.9, 0.1], qid=1),
+                          q("category", A, A, 0.9, qid=2)])
+    assert m["types"]["category"]["queries"] == 2
