@@ -98,13 +98,15 @@ def test_nms_at_the_edges_of_its_rules(boxes, scores, iou, contained, kept):
     assert nms(np.array(boxes, float), np.array(scores, float), iou, contained).tolist() == kept
 
 
-def test_equal_scores_keep_their_input_order():
-    # 20 far-apart boxes, all scoring 0.5: nothing is suppressed and the order is the input's
-    boxes = np.array([[30 * i, 0, 30 * i + 10, 10] for i in range(20)], float)
-    scores = np.full(20, 0.5)
-    assert nms(boxes, scores, 0.5).tolist() == list(range(20))
-    b, s, ids = select_detections(boxes[None].astype(np.float32), scores[None].astype(np.float32), 0.5, 0.5, 100)
-    np.testing.assert_array_equal(b, boxes)
+@pytest.mark.parametrize("scores", [np.full(20, 0.5), np.tile([0.5, 0.7], 150)])
+def test_equal_scores_keep_their_input_order(scores):
+    # far-apart boxes, so nothing is suppressed: higher scores first, equal ones in input order (a
+    # stable sort; numpy's default sort reorders ties in a long list)
+    boxes = np.array([[30 * i, 0, 30 * i + 10, 10] for i in range(len(scores))], float)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    assert nms(boxes, scores, 0.5).tolist() == order
+    b, s, ids = select_detections(boxes[None].astype(np.float32), scores[None].astype(np.float32), 0.5, 0.5, 1000)
+    np.testing.assert_array_equal(b, boxes[order])
 
 
 # One image, K prompts: (candidate boxes [K, M, 4], scores [K, M], conf, max_det) -> (boxes, scores, prompt ids),
