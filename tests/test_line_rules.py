@@ -164,3 +164,42 @@ def test_a_bad_rule_message_in_full():
     assert str(err.value) == ("check 'cap': fail_if 'count >= 1 and': ends early: expected count, max_score or a "
                               "number at column 15 (allowed: count, max_score, numbers, >= <= == != > <, and, or, "
                               "not, parentheses)")
+
+
+# ROI [10, 20, 50, 60], edges included. (box, kept by "centre", kept by "inside"); the boxes are
+# lopsided so that a centre taken from the wrong corners lands elsewhere.
+ROI = [10, 20, 50, 60]
+
+
+@pytest.mark.parametrize("box, centre, inside", [
+    ([10, 20, 10, 20], True, True),        # a point on the ROI's corner
+    ([10, 20, 50, 60], True, True),        # the ROI itself
+    ([0, 30, 20, 40], True, False),        # centre (10, 35): on the left edge; the box pokes out
+    ([20, 0, 40, 10], False, False),       # centre x in, y above
+    ([60, 30, 80, 40], False, False),      # centre y in, x to the right
+    ([44, 20, 60, 30], False, False),      # centre (52, 25): just right of the ROI
+    ([20, 60, 30, 70], False, False),      # centre (25, 65): just below it
+    ([10, 10, 20, 30], True, False),       # starts above the ROI
+    ([12, 22, 48, 58], True, True),
+])
+def test_roi_table(box, centre, inside):
+    assert roi_keep([box], ROI, "centre").tolist() == [centre]
+    assert roi_keep([box], ROI, "inside").tolist() == [inside]
+
+
+@pytest.mark.parametrize("rule, scores, fails", [
+    ("max_score < 0.5", [], True),           # no detection: max_score is 0.0
+    ("max_score > 0.5", [0.9], True),
+    ("count == 1", [0.25], True),            # a score equal to conf counts
+    ("count == 0", [0.2499], True),
+])
+def test_evaluate_check_feeds_the_rule(rule, scores, fails):
+    result = evaluate_check("c", parse_rule(rule, "c"), [[0, 0, 1, 1]] * len(scores), scores, conf=0.25)
+    assert result.failed is fails
+
+
+def test_bad_roi_mode_and_mismatched_lengths_are_named():
+    with pytest.raises(ValueError, match=r"^roi mode must be one of centre, inside, got 'middle'$"):
+        roi_keep([[0, 0, 1, 1]], ROI, "middle")
+    with pytest.raises(ValueError, match=r"^check 'c': 2 boxes but 1 scores$"):
+        evaluate_check("c", parse_rule("count >= 1", "c"), [[0, 0, 1, 1]] * 2, [0.9])
