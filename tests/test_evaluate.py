@@ -280,3 +280,28 @@ def test_zero_width_and_single_boxes_are_accepted():
     m = evaluate_queries([q("category", [A, [5, 5, 5, 9]], [A, [5, 5, 9, 5]], [0.9, 0.1], qid=1),
                           q("category", A, A, 0.9, qid=2)])
     assert m["types"]["category"]["queries"] == 2
+
+
+@pytest.mark.parametrize("gt, pred, ap50_95", [
+    ([0, 0, 10, 10], [2, 0, 12, 10], 0.4),              # IoU 0.667: matched at 0.50 to 0.65
+    ([20, 30, 30, 40], [20, 32, 30, 42], 0.4),          # the same shift along y, away from the origin
+    ([20, 30, 30, 40], [22, 32, 32, 42], 0.0),          # both: IoU 64/136 = 0.47, never matched
+])
+def test_ap_of_a_box_shifted_along_one_axis(gt, pred, ap50_95):
+    row = evaluate_queries([q("category", [gt], [pred], [0.9])])["types"]["category"]
+    assert row["AP50_95"] == pytest.approx(ap50_95)
+    assert row["AP50"] == pytest.approx(1.0 if ap50_95 else 0.0)
+
+
+def test_without_pycocotools_the_message_says_how_to_install(monkeypatch):
+    import sys
+
+    from promptdet.errors import PromptdetError
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.cocoeval", None)
+    with pytest.raises(PromptdetError) as err:
+        evaluate_queries([q("category", [A], [A], [0.9])])
+    assert str(err.value) == ("COCO-style AP needs pycocotools: pip install pycocotools "
+                              "(or pip install 'promptdet[train]')")
