@@ -132,3 +132,10 @@ def test_select_detections_table(boxes, scores, conf, max_det, want):
     np.testing.assert_allclose(b.reshape(-1, 4), np.reshape(want[0], (-1, 4)))
     np.testing.assert_allclose(s, want[1])
     assert ids.tolist() == want[2]
+
+
+@pytest.mark.parametrize("contained, kept", [(0.9, [BOTTLE]), (None, [BOTTLE, CAP])])
+def test_select_detections_passes_the_containment_rule_on(contained, kept):
+    b, _, _ = select_detections(np.array([[BOTTLE, CAP]], np.float32), np.array([[0.9, 0.6]], np.float32),
+                                0.25, 0.6, 10, contained)
+    np.testing.assert_allclose(b, kept)
