@@ -305,3 +305,26 @@ def test_without_pycocotools_the_message_says_how_to_install(monkeypatch):
         evaluate_queries([q("category", [A], [A], [0.9])])
     assert str(err.value) == ("COCO-style AP needs pycocotools: pip install pycocotools "
                               "(or pip install 'promptdet[train]')")
+
+
+def test_format_table_layout_by_hand():
+    row = {"queries": 3, "gt_boxes": 12, "AP50_95": 0.41234, "AP50": 0.75, "acc50": None,
+           "empty_fp_rate": float("nan"), "recall@conf": 1.0}
+    m = {"types": {"category": row}, "all": {**row, "queries": 10}, "conf": 0.25, "absent_fp_rate": 0.05,
+         "order_invariance_max_abs_score_change": None}
+    lines = format_table(m).splitlines()
+    # columns right-aligned to their widest cell, two spaces apart; rules as wide as the header
+    assert lines[0] == "type      queries  GT  AP50-95   AP50  Acc@0.5  empty-FP  recall"
+    assert lines[1] == lines[3] == "-" * len(lines[0])  # under the header, and above the summary row
+    assert lines[2] == "category        3  12    0.412  0.750        -         -   1.000"
+    assert lines[4] == "all            10  12    0.412  0.750        -         -   1.000"
+    assert lines[5] == "conf 0.250   absent FP rate 0.050   order-invariance max |dscore| -"
+    assert len(lines) == 6
+
+
+def test_save_metrics_is_strict_json_in_a_new_folder(tmp_path):
+    path = tmp_path / "a" / "b" / "metrics.json"
+    save_metrics({"x": 1.5, "n": None}, path)
+    assert path.read_text() == '{\n  "x": 1.5,\n  "n": null\n}\n'
+    with pytest.raises(ValueError):
+        save_metrics({"x": float("nan")}, tmp_path / "nan.json")
