@@ -3,9 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
 from pathlib import Path
 
 import pytest
+
+# Under CI=true a skip is a failure. CI installs everything the suite needs (the dev extra, and
+# mosquitto from Debian), so a skip there is a test that silently did not run: a missing broker,
+# OPC UA or Modbus server would otherwise leave a green run with "1 skipped" in it.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_module(name: str, install: str):
+    """Import ``name`` for a test that talks to a real server (asyncua, pymodbus, paho-mqtt).
+    Without it the test skips, naming ``install``; under CI=true it fails instead."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} is not installed", install)
+
+
+def missing(what: str, install: str) -> None:
+    """A server or client a test needs is not here: skip on a developer's machine, fail under CI=true."""
+    message = f"{what} ({install})"
+    if IN_CI:
+        pytest.fail(f"{message}: CI=true, where every real-server test must run", pytrace=False)
+    pytest.skip(message)
+
+
+def _skip_reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true, every skip (a fixture's or the test's own) fails the test, with its reason."""
+    report = (yield).get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at import (a module-level importorskip)."""
+    report = (yield).get_result()
+    if IN_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {_skip_reason(report)}"
 
 
 @pytest.fixture(scope="session")

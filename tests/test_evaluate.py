@@ -62,15 +62,29 @@ def test_ap50_by_hand_with_101_point_interpolation():
     assert pr["precision"][51:] == [0.0] * 50
 
 
-def test_iou_between_thresholds_counts_for_ap50_only():
-    # IoU 0.62 (not exactly 0.6, which would tie with the 0.60 threshold): matched at
-    # 0.50, 0.55, 0.60 and missed at 0.65..0.95, so AP50-95 = 3/10.
-    gt, pred = [0, 0, 10, 10], [0, 0, 10, 6.2]
+# IoU 0.62 (not exactly 0.6, which would tie with the 0.60 threshold): matched at 0.50, 0.55,
+# 0.60 and missed at 0.65..0.95, so AP50-95 = 3/10. The same pair at the origin and shifted away
+# from it: at the origin x2,y2 equal width,height, so only a shifted pair tells xyxy from xywh
+# (taken as xywh, the shifted pair overlaps fully and would score 1.0).
+@pytest.mark.parametrize("gt, pred", [
+    ([0, 0, 10, 10], [0, 0, 10, 6.2]),
+    ([100, 40, 110, 50], [100, 40, 110, 46.2]),       # shifted along both axes
+    ([30, 200, 40, 210], [33.8, 200, 40, 210]),       # shrunk from the left, far down the image
+])
+def test_iou_between_thresholds_counts_for_ap50_only(gt, pred):
     assert box_iou(np.array([gt], float), np.array([pred], float))[0, 0] == pytest.approx(0.62)
     row = evaluate_queries([q("category", [gt], [pred], [0.9])])["types"]["category"]
     assert row["AP50"] == pytest.approx(1.0)
     assert 0.0 < row["AP50_95"] < row["AP50"]
     assert row["AP50_95"] == pytest.approx(0.3)
+
+
+def test_a_shifted_box_that_misses_scores_zero_away_from_the_origin():
+    # IoU 0.25 at every threshold: no match, AP 0; read as xywh, both would be large overlapping boxes.
+    gt, pred = [100, 100, 140, 140], [120, 100, 180, 140]
+    assert box_iou(np.array([gt], float), np.array([pred], float))[0, 0] == pytest.approx(0.25)
+    row = evaluate_queries([q("category", [gt], [pred], [0.9])])["types"]["category"]
+    assert row["AP50"] == 0.0 and row["AP50_95"] == 0.0
 
 
 def test_predictions_never_match_another_querys_gt():
@@ -216,3 +230,101 @@ def test_plot_pr_curves_writes_pngs(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
     # A results list works too, and an empty one still gives the summary plot.
     assert [p.name for p in plot_pr_curves([], tmp_path / "empty")] == ["pr_all.png"]
+
+
+# IoU by hand, including sub-pixel boxes (intersections below 1 px^2) and zero-area boxes.
+@pytest.mark.parametrize("a, b, iou", [
+    ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
+    ([0, 0, 10, 10], [5, 0, 15, 10], 50 / 150),
+    ([0, 0, 0.5, 0.5], [0, 0, 0.5, 0.25], 0.5),           # inter 0.125 px^2
+    ([0, 0, 0.5, 0.5], [0.25, 0, 0.75, 0.5], 1 / 3),
+    ([0, 0, 10, 10], [20, 20, 30, 30], 0.0),
+    ([5, 5, 5, 5], [5, 5, 5, 5], 0.0),                     # two points: no area, no union, IoU 0
+    ([5, 5, 5, 9], [0, 0, 10, 10], 0.0),                   # a zero-width box inside another
+])
+def test_box_iou_by_hand(a, b, iou):
+    got = box_iou(np.array([a], float), np.array([b], float))
+    assert got.shape == (1, 1) and got[0, 0] == pytest.approx(iou)
+
+
+@pytest.mark.parametrize("gt, pred, scores, iou_thr, matched", [
+    ([], [A], [0.9], 0.5, 0),
+    ([A], [], [], 0.5, 0),
+    ([A, B], [A, A], [0.9, 0.8], 0.5, 1),                  # one GT is matched once
+    ([A], [[10, 10, 50, 30]], [0.9], 0.5, 1),              # IoU exactly 0.5 matches
+    ([A], [[10, 10, 50, 29.9]], [0.9], 0.5, 0),
+])
+def test_greedy_matches(gt, pred, scores, iou_thr, matched):
+    from promptdet.train.evaluate import greedy_matches
+
+    g, p = np.array(gt, float).reshape(-1, 4), np.array(pred, float).reshape(-1, 4)
+    assert greedy_matches(g, p, np.array(scores, float), iou_thr) == matched
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("gt_boxes", [[0, 0, 5]], "query 7: gt_boxes must have shape [N, 4] xyxy, got (1, 3)"),
+    ("gt_boxes", [[5, 0, 4, 5]], "query 7: gt_boxes must be finite xyxy with x2 >= x1 and y2 >= y1"),
+    ("pred_boxes", [[0, 5, 5, 4]], "query 7: pred_boxes must be finite xyxy with x2 >= x1 and y2 >= y1"),
+    ("pred_boxes", [[0, 0, 5, float("nan")]], "query 7: pred_boxes must be finite xyxy"),
+])
+def test_bad_boxes_are_refused_with_the_query_and_field(field, value, message):
+    fields = {"gt_boxes": np.array([A], float), "pred_boxes": np.array([A], float), "pred_scores": np.array([0.9])}
+    fields[field] = np.array(value, float)
+    with pytest.raises(ValueError) as err:
+        evaluate_queries([QueryResult(query_id=7, image_id="i", type="category", instruction="x", **fields)])
+    assert str(err.value).startswith(message)
+
+
+def test_zero_width_and_single_boxes_are_accepted():
+    # a zero-width or zero-height box is a valid (empty) box, and one box may come unnested
+    m = evaluate_queries([q("category", [A, [5, 5, 5, 9]], [A, [5, 5, 9, 5]], [0.9, 0.1], qid=1),
+                          q("category", A, A, 0.9, qid=2)])
+    assert m["types"]["category"]["queries"] == 2
+
+
+@pytest.mark.parametrize("gt, pred, ap50_95", [
+    ([0, 0, 10, 10], [2, 0, 12, 10], 0.4),              # IoU 0.667: matched at 0.50 to 0.65
+    ([20, 30, 30, 40], [20, 32, 30, 42], 0.4),          # the same shift along y, away from the origin
+    ([20, 30, 30, 40], [22, 32, 32, 42], 0.0),          # both: IoU 64/136 = 0.47, never matched
+])
+def test_ap_of_a_box_shifted_along_one_axis(gt, pred, ap50_95):
+    row = evaluate_queries([q("category", [gt], [pred], [0.9])])["types"]["category"]
+    assert row["AP50_95"] == pytest.approx(ap50_95)
+    assert row["AP50"] == pytest.approx(1.0 if ap50_95 else 0.0)
+
+
+def test_without_pycocotools_the_message_says_how_to_install(monkeypatch):
+    import sys
+
+    from promptdet.errors import PromptdetError
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.cocoeval", None)
+    with pytest.raises(PromptdetError) as err:
+        evaluate_queries([q("category", [A], [A], [0.9])])
+    assert str(err.value) == ("COCO-style AP needs pycocotools: pip install pycocotools "
+                              "(or pip install 'promptdet[train]')")
+
+
+def test_format_table_layout_by_hand():
+    row = {"queries": 3, "gt_boxes": 12, "AP50_95": 0.41234, "AP50": 0.75, "acc50": None,
+           "empty_fp_rate": float("nan"), "recall@conf": 1.0}
+    m = {"types": {"category": row}, "all": {**row, "queries": 10}, "conf": 0.25, "absent_fp_rate": 0.05,
+         "order_invariance_max_abs_score_change": None}
+    lines = format_table(m).splitlines()
+    # columns right-aligned to their widest cell, two spaces apart; rules as wide as the header
+    assert lines[0] == "type      queries  GT  AP50-95   AP50  Acc@0.5  empty-FP  recall"
+    assert lines[1] == lines[3] == "-" * len(lines[0])  # under the header, and above the summary row
+    assert lines[2] == "category        3  12    0.412  0.750        -         -   1.000"
+    assert lines[4] == "all            10  12    0.412  0.750        -         -   1.000"
+    assert lines[5] == "conf 0.250   absent FP rate 0.050   order-invariance max |dscore| -"
+    assert len(lines) == 6
+
+
+def test_save_metrics_is_strict_json_in_a_new_folder(tmp_path):
+    path = tmp_path / "a" / "b" / "metrics.json"
+    save_metrics({"x": 1.5, "n": None}, path)
+    assert path.read_text() == '{\n  "x": 1.5,\n  "n": null\n}\n'
+    with pytest.raises(ValueError):
+        save_metrics({"x": float("nan")}, tmp_path / "nan.json")

@@ -98,7 +98,13 @@ def test_export_writes_every_file_with_metadata(exported, tiny_ckpt):
     assert on_disk["text_encoder"]["identity"].startswith("all-MiniLM-L6-v2:")
     assert on_disk["text_encoder"]["onnx_sha256"] == file_sha256(out / "text_encoder.onnx")
     assert on_disk["weights_sha256"] == file_sha256(tiny_ckpt)
-    assert on_disk["thresholds"] == {"conf": 0.25, "iou": 0.6, "max_det": 300}
+    # the thresholds `promptdet detect` uses by default, so the edge runtime answers as the torch path does
+    import inspect
+
+    from promptdet.api import PromptDet
+
+    defaults = inspect.signature(PromptDet.detect).parameters
+    assert on_disk["thresholds"] == {k: defaults[k].default for k in ("conf", "iou", "max_det")}
     assert on_disk["preprocess"]["pad_value"] == 114 and on_disk["preprocess"]["color"] == "RGB"
     assert on_disk["sha256"]["detector.onnx"] == file_sha256(out / "detector.onnx")
     assert on_disk["baked_prompts"] == BAKED
@@ -114,6 +120,63 @@ def test_parity_report_covers_two_sizes_and_one_and_five_prompts(exported):
         assert c["box_diff_px"] < 1e-3 * 64 and c["score_diff"] < 1e-4, c
     assert meta["parity"]["text"]["token_ids_equal"] is True
     assert any("parity passed" in line for line in lines)
+
+
+def _export_copy(exported, tmp_path, change=None) -> Path:
+    """A copy of the export folder, its detector graph changed by ``change(onnx_model)`` and its hash
+    in promptdet.json updated, so only parity can tell it from the real one."""
+    import onnx
+
+    from promptdet.export.onnx import file_sha256
+
+    dst = tmp_path / "copy"
+    shutil.copytree(exported[0], dst)
+    if change is not None:
+        graph = onnx.load(str(dst / "detector.onnx"))
+        change(graph)
+        onnx.save(graph, str(dst / "detector.onnx"))
+        meta = json.loads((dst / "promptdet.json").read_text())
+        meta["sha256"]["detector.onnx"] = file_sha256(dst / "detector.onnx")
+        (dst / "promptdet.json").write_text(json.dumps(meta))
+    return dst
+
+
+def _scale_the_largest_weight(graph) -> None:
+    from onnx import numpy_helper
+
+    init = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3.0, init.name))
+
+
+def test_parity_fails_on_a_corrupted_graph(exported, tmp_path):
+    from promptdet.export.verify import check_parity
+
+    _, _, model, _ = exported
+    lines: list[str] = []
+    good = check_parity(model, _export_copy(exported, tmp_path / "a"), log=lines.append)
+    assert good["passed"] is True
+    report = check_parity(model, _export_copy(exported, tmp_path / "b", _scale_the_largest_weight), log=lines.append)
+    assert report["passed"] is False and report["text"]["token_ids_equal"] is True  # only the detector differs
+    assert not all(c["passed"] for c in report["cases"])
+    assert lines[-1] == "parity FAILED (fp32)" and any(line.endswith("FAIL") for line in lines)
+
+
+@pytest.mark.parametrize("drift, passed", [(0.0, True), (5e-5, True), (1e-3, False), (5e-2, False)])
+def test_fp32_parity_allows_scores_to_drift_by_1e_4_only(exported, tmp_path, monkeypatch, drift, passed):
+    """A graph whose scores drift by ``drift`` from torch's: fp32 parity allows 1e-4 (the documented limit)."""
+    from promptdet.export.verify import check_parity
+    from promptdet.runtime.onnx import OnnxModel
+
+    run = OnnxModel.run
+
+    def drifting(self, *args, **kwargs):
+        boxes, scores = run(self, *args, **kwargs)
+        return boxes, np.where(scores > 0, scores + drift, scores).astype(scores.dtype)
+
+    monkeypatch.setattr(OnnxModel, "run", drifting)
+    report = check_parity(exported[2], _export_copy(exported, tmp_path), log=lambda _line: None)
+    assert report["score_limit"] == 1e-4 and report["box_limit_px"] == pytest.approx(1e-3 * 64)
+    assert report["passed"] is passed and all(c["passed"] is passed for c in report["cases"])
 
 
 @pytest.mark.parametrize("size,k", [(64, 1), (96, 5), (64, 0)])

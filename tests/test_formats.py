@@ -493,3 +493,73 @@ def test_copied_image_destination(image, dest):
     from promptdet.data.convert import _copy_dest
 
     assert _copy_dest(image) == dest
+
+
+# --- zero and negative widths and heights, in every importer ---------------------------------------
+# Each source holds one good cat box, [10, 5, 30, 20] once converted, and one bad box of size (w, h)
+# at x 30, y 5 in the source's own units. A zero side is a degenerate box: skipped and counted. A
+# negative side is a malformed record where the format stores a size (COCO, RefCOCO, YOLO), and a
+# degenerate box where it stores corners (ODVG: x2 < x1).
+GOOD_XYXY = [10.0, 5.0, 30.0, 20.0]
+
+
+def _coco_source(tmp_path, w, h):
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 15], "area": 300, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 5, w, h], "area": 0, "iscrowd": 0}]
+    (tmp_path / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}], "annotations": anns,
+        "categories": [{"id": 1, "name": "cat"}]}))
+    return tmp_path / "instances.json", {}
+
+
+def _refcoco_source(tmp_path, w, h):
+    _coco_source(tmp_path, w, h)
+    (tmp_path / "refs.json").write_text(json.dumps([
+        {"ref_id": 0, "ann_id": 1, "image_id": 1, "split": "train", "category_id": 1, "sentences": [{"sent": "the cat"}]},
+        {"ref_id": 1, "ann_id": 2, "image_id": 1, "split": "train", "category_id": 1, "sentences": [{"sent": "a flat cat"}]},
+    ]))
+    return tmp_path, {}
+
+
+def _yolo_source(tmp_path, w, h):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images\nnames:\n  0: cat\n")
+    # normalised centre and size on the 64x48 image: the good box is centre (20, 12.5), size 20 x 15
+    (tmp_path / "labels" / "a.txt").write_text(f"0 {20 / 64} {12.5 / 48} {20 / 64} {15 / 48}\n0 0.6 0.3 {w / 64} {h / 48}\n")
+    return tmp_path, {}
+
+
+def _odvg_od_source(tmp_path, w, h):
+    rec = {"filename": "a.jpg", "height": 48, "width": 64, "detection": {"instances": [
+        {"bbox": GOOD_XYXY, "label": 0, "category": "cat"}, {"bbox": [30, 5, 30 + w, 5 + h], "label": 0, "category": "cat"}]}}
+    (tmp_path / "od.jsonl").write_text(json.dumps(rec) + "\n")
+    return tmp_path / "od.jsonl", {}
+
+
+def _odvg_vg_source(tmp_path, w, h):
+    rec = {"filename": "a.jpg", "height": 48, "width": 64, "grounding": {"caption": "a cat", "regions": [
+        {"bbox": [GOOD_XYXY, [30, 5, 30 + w, 5 + h]], "phrase": "a cat"}]}}
+    (tmp_path / "vg.jsonl").write_text(json.dumps(rec) + "\n")
+    return tmp_path / "vg.jsonl", {}
+
+
+BAD_BOX_SOURCES = {"coco": ("coco", _coco_source), "refcoco": ("refcoco", _refcoco_source),
+                   "yolo": ("yolo", _yolo_source), "odvg-od": ("odvg", _odvg_od_source),
+                   "odvg-vg": ("odvg", _odvg_vg_source)}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_BOX_SOURCES))
+@pytest.mark.parametrize("w, h", [(10, 0), (0, 10), (0, 0), (10, -5), (-5, 10)])
+def test_zero_and_negative_sizes_in_every_importer(tmp_path, key, w, h):
+    fmt, make = BAD_BOX_SOURCES[key]
+    src, opts = make(tmp_path, w, h)
+    if w < 0 or h < 0:
+        with pytest.raises(DataFormatError, match=r"must be >= 0|normalised to|x2 >= x1 and y2 >= y1"):
+            IMPORTERS[fmt](src, **opts)
+        return
+    res = IMPORTERS[fmt](src, **opts)
+    boxes = [b for p in res.pairs for b in p.boxes_xyxy]
+    assert boxes and all(b == pytest.approx(GOOD_XYXY) for b in boxes), boxes
+    assert res.skipped.get("degenerate_box") == 1, res.skipped

@@ -269,3 +269,180 @@ def test_confusable_absent_mix_names_the_defective_part_with_another_defect():
     clean = {**scene, "objects": [{**o, "defects": []} for o in scene["objects"]]}
     pairs = generate_instructions(clean, np.random.default_rng(2), per_image=6, absent_rate=1.0, absent_mix="confusable")
     assert pairs and all(p.boxes_xyxy == [] for p in pairs)
+
+
+# ---- the words agree with the query, and the answer wins by the promised margin ----
+# Written from what a reader of the instruction needs, apart from the generator's tables: a query
+# for the topmost part must say top (or upper, highest) and never bottom; a count query must name
+# its number and its comparison.
+
+SPATIAL_MARGIN = 0.04  # the extreme part's centre beats the runner-up by 4% of the image side
+SIZE_RATIO = 1.3       # the largest part has 1.3x the runner-up's area, box and visible pixels
+NEXT_TO_RATIO = 1.6    # the nearest part is 1.6x closer than the next one
+
+# query value -> (one of these must be in the text, none of these may be)
+DIRECTIONS = {
+    "leftmost": (("left",), ("right", "top", "bottom", "upper", "lower", "highest", "lowest")),
+    "rightmost": (("right",), ("left", "top", "bottom", "upper", "lower", "highest", "lowest")),
+    "topmost": (("top", "upper", "highest"), ("bottom", "lower", "lowest", "left", "right")),
+    "bottommost": (("bottom", "lower", "lowest"), ("top", "upper", "highest", "left", "right")),
+    "left_of": (("left",), ("right", "above", "below")),
+    "right_of": (("right",), ("left", "above", "below")),
+    "above": (("above",), ("below", "left", "right")),
+    "below": (("below",), ("above", "left", "right")),
+    "next_to": (("next to", "beside", "near", "closest", "nearest", "adjacent"), ("left", "right", "above", "below")),
+}
+# Sizes are not typo-proof, so they are matched word by word allowing one typo.
+SIZES = {"largest": ("largest", "biggest", "bigger"), "smallest": ("smallest", "tiniest", "littlest", "smaller")}
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+COMPARISONS = {"more_than": (("more", "than"), ("over",), ("greater", "than")),
+               "at_least": (("at", "least"), ("or", "more"), ("no", "fewer", "than")),
+               "fewer_than": (("fewer", "than"), ("less", "than"), ("under",)),
+               "exactly": (("exactly",), ("precisely",), ("just",))}
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
+def _typos(word: str) -> set[str]:
+    """``word`` and every form one typo makes of it: neighbours swapped, a letter dropped or doubled."""
+    out = {word}
+    for j in range(len(word)):
+        out |= {word[:j] + word[j + 1:], word[:j] + word[j] + word[j:]}
+        if j + 1 < len(word):
+            out.add(word[:j] + word[j + 1] + word[j] + word[j + 2:])
+    return out
+
+
+def _says(words: list[str], phrase: tuple[str, ...]) -> bool:
+    """Whether ``phrase`` (a word sequence) is in ``words``, each word allowing one typo."""
+    n = len(phrase)
+    return any(all(words[i + j] in _typos(p) for j, p in enumerate(phrase)) for i in range(len(words) - n + 1))
+
+
+def _numbers_named(words: list[str]) -> list[int]:
+    return [int(w) if w.isdigit() else NUMBERS.index(w) for w in words if w.isdigit() or w in NUMBERS]
+
+
+def _comparisons_named(words: list[str]) -> set[str]:
+    named = {op for op, phrases in COMPARISONS.items() if any(_says(words, p) for p in phrases)}
+    if _says(words, ("no", "fewer", "than")):
+        named.discard("fewer_than")  # "no fewer than n" is at least n
+    return named
+
+
+def text_problems(pair: dict) -> list[str]:
+    """What the instruction's words get wrong about its query ([] when they agree)."""
+    q, text = pair["query"], pair["instruction"]
+    low, words = text.lower(), _words(text)
+    problems = []
+    direction = q.get("extreme") if pair["type"] == "spatial" else q.get("relation")
+    if direction is not None:
+        must, never = DIRECTIONS[direction]
+        if not any(w in low for w in must):
+            problems.append(f"names no {direction} word")
+        problems += [f"{direction} query says {w!r}" for w in never if w in low]
+    if pair["type"] == "superlative":
+        other = "smallest" if q["extreme"] == "largest" else "largest"
+        if not any(_says(words, (w,)) for w in SIZES[q["extreme"]]):
+            problems.append(f"names no {q['extreme']} word")
+        problems += [f"{q['extreme']} query says {w!r}" for w in SIZES[other] if w in words]
+    if pair["type"] == "count":
+        numbers = _numbers_named(words)
+        if numbers != [q["n"]] and not (numbers == [] and q["n"] < len(NUMBERS)
+                                        and any(w in _typos(NUMBERS[q["n"]]) for w in words)):
+            problems.append(f"n is {q['n']} but the text names {numbers}")
+        if _comparisons_named(words) != {q["op"]}:
+            problems.append(f"op is {q['op']} but the text names {sorted(_comparisons_named(words))}")
+    return problems
+
+
+def margin_problems(pair: dict, scene: dict) -> list[str]:
+    """Where the answer does not win by the promised margin ([] when it does)."""
+    q, objects = pair["query"], scene["objects"]
+    group = [o for o in objects if _fits(o, q["select"])]
+    problems = []
+    if pair["type"] == "spatial":
+        axis, side = (0, scene["width"]) if q["extreme"] in ("leftmost", "rightmost") else (1, scene["height"])
+        centre = _cx if axis == 0 else _cy
+        sign = 1 if q["extreme"] in ("leftmost", "topmost") else -1
+        best, runner = sorted(group, key=lambda o: sign * centre(o))[:2]
+        if abs(centre(best) - centre(runner)) < SPATIAL_MARGIN * side:
+            problems.append(f"{q['extreme']} wins by {abs(centre(best) - centre(runner)):.1f} px of {side}")
+    if pair["type"] == "superlative":
+        by_area = sorted(group, key=_area, reverse=q["extreme"] == "largest")
+        big, small = (by_area[0], by_area[1]) if q["extreme"] == "largest" else (by_area[1], by_area[0])
+        if _area(big) < SIZE_RATIO * _area(small):
+            problems.append(f"box areas {_area(big)} vs {_area(small)}")
+        if big.get("visible_px", 1) < SIZE_RATIO * small.get("visible_px", 0):
+            problems.append(f"visible pixels {big.get('visible_px')} vs {small.get('visible_px')}")
+    if pair["type"] == "relation" and q["relation"] == "next_to":
+        ref = next(o for o in objects if o["id"] == q["ref_id"])
+        dist = sorted(np.hypot(_cx(o) - _cx(ref), _cy(o) - _cy(ref)) for o in group if o["id"] != ref["id"])
+        if len(dist) > 1 and dist[1] < NEXT_TO_RATIO * dist[0]:
+            problems.append(f"nearest at {dist[0]:.1f} px, the next at {dist[1]:.1f} px")
+    return problems
+
+
+@pytest.mark.parametrize("pair, problems", [
+    ({"type": "spatial", "query": {"extreme": "topmost"}, "instruction": "the uppermost gear"}, []),
+    ({"type": "spatial", "query": {"extreme": "topmost"}, "instruction": "the bottom-most gear"},
+     ["names no topmost word", "topmost query says 'bottom'"]),
+    ({"type": "relation", "query": {"relation": "next_to"}, "instruction": "the nut beside the gear"}, []),
+    ({"type": "superlative", "query": {"extreme": "largest"}, "instruction": "the lragest bolt"}, []),  # one typo
+    ({"type": "superlative", "query": {"extreme": "largest"}, "instruction": "the smallest bolt"},
+     ["names no largest word", "largest query says 'smallest'"]),
+    ({"type": "count", "query": {"op": "more_than", "n": 3}, "instruction": "find the nuts if there are more than three"}, []),
+    ({"type": "count", "query": {"op": "more_than", "n": 3}, "instruction": "find the nuts if there are more than two"},
+     ["n is 3 but the text names [2]"]),
+    ({"type": "count", "query": {"op": "at_least", "n": 12}, "instruction": "12 or more nuts, box them"}, []),
+    ({"type": "count", "query": {"op": "at_least", "n": 2}, "instruction": "nuts if there are no fewer than two"}, []),
+    ({"type": "count", "query": {"op": "fewer_than", "n": 2}, "instruction": "nuts if there are no fewer than two"},
+     ["op is fewer_than but the text names ['at_least']"]),
+    ({"type": "category", "query": {"select": {}}, "instruction": ""}, []),  # nothing to name
+])
+def test_the_text_checker_itself(pair, problems):
+    assert text_problems(pair) == problems
+
+
+def test_every_instruction_names_its_query_and_wins_by_its_margin(synth_dir):
+    scenes = {s["image"]: s for s in _read(synth_dir / "scenes.jsonl")}
+    pairs = _read(synth_dir / "instructions.jsonl")
+    checked = Counter()
+    for p in pairs:
+        assert text_problems(p) == [], p
+        assert margin_problems(p, scenes[p["image"]]) == [], p
+        checked[p["type"]] += 1
+    assert all(checked[t] >= 5 for t in ("spatial", "superlative", "relation", "count")), checked
+
+
+# Two parts side by side at (almost) the same height, then stacked at (almost) the same x: a part
+# that wins along one axis but ties along the other must only be named along the axis it wins on.
+@pytest.mark.parametrize("second, allowed", [
+    ([200, 102, 230, 132], {"leftmost", "rightmost"}),
+    ([12, 180, 42, 210], {"topmost", "bottommost"}),
+    ([16, 105, 46, 135], set()),                                      # no clear winner either way
+])
+def test_a_spatial_extreme_is_only_asked_along_the_axis_it_wins_on(second, allowed):
+    objects = [{"id": 0, "category": "nut", "color": "red", "defects": [], "bbox": [10, 100, 40, 130]},
+               {"id": 1, "category": "nut", "color": "red", "defects": [], "bbox": second}]
+    scene = {"image": "a.jpg", "width": 320, "height": 240, "objects": objects}
+    from promptdet.data.synth.instruct import generate_instructions
+
+    asked = set()
+    for seed in range(30):
+        for p in generate_instructions(scene, np.random.default_rng(seed), types=("spatial",), absent_rate=0.0):
+            record = {**p.to_record(), "query": p.extra["query"]}
+            asked.add(record["query"]["extreme"])
+            assert text_problems(record) == [] and margin_problems(record, scene) == [], record
+    assert asked == allowed
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+@pytest.mark.parametrize("op", sorted(COMPARISONS))
+def test_a_count_instruction_names_its_number_and_comparison(op, n):
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        text = T.count_instruction(rng, "train", op, n, "washer")
+        assert text_problems({"type": "count", "query": {"op": op, "n": n}, "instruction": text}) == [], text

@@ -14,6 +14,7 @@ import types
 import numpy as np
 import pytest
 import yaml
+from conftest import require_module
 
 from promptdet.errors import PromptdetError, UsageError
 from promptdet.line.pipeline import LineStats, run_line
@@ -52,7 +53,7 @@ def _spooled(path) -> list[dict]:
 def _start_opcua(port: int):
     """A local asyncua server with Line1.{Verdict String, Code Int16, Fail Boolean, Score Double,
     When DateTime, PartId String}; returns (server, {name: node})."""
-    ua = pytest.importorskip("asyncua", reason="optional: pip install 'asyncua>=1.1'").ua
+    ua = require_module("asyncua", "pip install 'asyncua>=1.1'").ua
     from asyncua.sync import Server
 
     server = Server()
@@ -111,7 +112,7 @@ def test_opcua_node_of_the_wrong_type_is_reported_and_spooled(opcua, tmp_path):
 
 
 def test_opcua_server_down_spools_then_replays_when_it_is_up(tmp_path):
-    pytest.importorskip("asyncua", reason="optional: pip install 'asyncua>=1.1'")
+    require_module("asyncua", "pip install 'asyncua>=1.1'")
     from promptdet.line.plc import OpcuaSink
 
     port = _free_port()  # nothing listens here yet: the PLC is off
@@ -140,7 +141,7 @@ class ModbusServer:
     """pymodbus' asyncio TCP server on its own thread and loop, 100 coils and 100 holding registers."""
 
     def __init__(self, port: int):
-        pytest.importorskip("pymodbus", reason="optional: pip install 'pymodbus>=3.6'")
+        require_module("pymodbus", "pip install 'pymodbus>=3.6'")
         from pymodbus import datastore
         from pymodbus.server import ModbusTcpServer
 
@@ -219,7 +220,7 @@ def test_modbus_sink_writes_each_verdict(modbus, target, expected):
 
 
 def test_modbus_server_down_spools_and_the_line_goes_on_then_replays(tmp_path):
-    pytest.importorskip("pymodbus", reason="optional: pip install 'pymodbus>=3.6'")
+    require_module("pymodbus", "pip install 'pymodbus>=3.6'")
     from promptdet.line.plc import ModbusSink
 
     port = _free_port()
@@ -325,8 +326,8 @@ def test_bad_plc_and_genicam_keys_are_named(assert_recipe_rejected, data, messag
 
 
 def test_good_plc_and_genicam_recipe_builds_the_sinks(tmp_path):
-    pytest.importorskip("asyncua", reason="optional: pip install 'asyncua>=1.1'")
-    pytest.importorskip("pymodbus", reason="optional: pip install 'pymodbus>=3.6'")
+    require_module("asyncua", "pip install 'asyncua>=1.1'")
+    require_module("pymodbus", "pip install 'pymodbus>=3.6'")
     recipe = recipe_from_dict(_recipe(
         {"opcua": {**OPCUA, "part_id_node": "nsu=urn:line;s=PartId", "timeout_s": 1},
          "modbus": {"host": "plc", "register": 12, "unit_id": 0}, "spool_dir": str(tmp_path)},

@@ -28,6 +28,13 @@ from promptdet.line.rules import RuleError, decide, evaluate_check, parse_rule, 
     ("not not count >= 1", 0, 0.0, False),
     ("not (count >= 2 and max_score > 0.9)", 3, 0.95, False),
     ("not (count >= 2 and max_score > 0.9)", 3, 0.5, True),
+    # 'not' binds tighter than 'and' and 'or': it takes one comparison, not the rest of the clause
+    ("not count >= 1 and max_score > 0.5", 0, 0.0, False),   # (not False) and False; not (False and False) is True
+    ("not count >= 1 and max_score > 0.5", 2, 0.9, False),
+    ("not count == 0 or max_score > 0.8", 0, 0.0, False),    # (not True) or False
+    ("not count == 0 or max_score > 0.8", 1, 0.3, True),
+    ("max_score > 0.5 and not count >= 3", 2, 0.9, True),
+    ("max_score > 0.5 and not count >= 3", 3, 0.9, False),
     # 'and' binds tighter than 'or'; parentheses change that
     ("count == 1 or count == 2 and max_score > 0.9", 1, 0.1, True),
     ("(count == 1 or count == 2) and max_score > 0.9", 1, 0.1, False),
@@ -128,3 +135,71 @@ def test_record_is_json_ready():
     assert list(again["checks"]) == ["defective_parts", "missing_cap"]
     assert again["checks"]["missing_cap"] == {"passed": False, "count": 1, "max_score": 0.9, "rule": "count >= 1",
                                               "boxes": [[0.0, 0.0, 5.0, 5.0]], "scores": [0.9]}
+
+
+def test_record_schema_exactly():
+    """The stored record, key by key: every sink and every reader of results.db depend on it."""
+    rule = parse_rule("count >= 1", "scratch")
+    hit = evaluate_check("scratch", rule, [[1.234567, 2, 3.0051, 4]], [0.9876543])
+    empty = evaluate_check("cap", parse_rule("count == 0", "cap"), [], [])
+    errored = evaluate_check("dent", rule, [], [])
+    errored.error, errored.failed = "model output missing", None
+    record = decide([hit, empty, errored], 500, 42.123456, part_id="p-9", ts=1000.1234567).to_record()
+    assert record == {
+        "schema": "promptdet.verdict/1", "part_id": "p-9", "ts": 1000.123457, "verdict": "ERROR",
+        "reasons": ["error: dent: model output missing", "failed: scratch", "failed: cap"],
+        "latency_ms": 42.123, "deadline_ms": 500,
+        "checks": {
+            "scratch": {"passed": False, "count": 1, "max_score": 0.98765, "rule": "count >= 1",
+                        "boxes": [[1.23, 2.0, 3.01, 4.0]], "scores": [0.98765]},
+            "cap": {"passed": False, "count": 0, "max_score": 0.0, "rule": "count == 0", "boxes": [], "scores": []},
+            "dent": {"passed": False, "count": 0, "max_score": 0.0, "rule": "count >= 1", "boxes": [], "scores": [],
+                     "error": "model output missing"},
+        }}
+
+
+def test_a_bad_rule_message_in_full():
+    with pytest.raises(RuleError) as err:
+        parse_rule("count >= 1 and", "cap")
+    assert str(err.value) == ("check 'cap': fail_if 'count >= 1 and': ends early: expected count, max_score or a "
+                              "number at column 15 (allowed: count, max_score, numbers, >= <= == != > <, and, or, "
+                              "not, parentheses)")
+
+
+# ROI [10, 20, 50, 60], edges included. (box, kept by "centre", kept by "inside"); the boxes are
+# lopsided so that a centre taken from the wrong corners lands elsewhere.
+ROI = [10, 20, 50, 60]
+
+
+@pytest.mark.parametrize("box, centre, inside", [
+    ([10, 20, 10, 20], True, True),        # a point on the ROI's corner
+    ([10, 20, 50, 60], True, True),        # the ROI itself
+    ([0, 30, 20, 40], True, False),        # centre (10, 35): on the left edge; the box pokes out
+    ([20, 0, 40, 10], False, False),       # centre x in, y above
+    ([60, 30, 80, 40], False, False),      # centre y in, x to the right
+    ([44, 20, 60, 30], False, False),      # centre (52, 25): just right of the ROI
+    ([20, 60, 30, 70], False, False),      # centre (25, 65): just below it
+    ([10, 10, 20, 30], True, False),       # starts above the ROI
+    ([12, 22, 48, 58], True, True),
+])
+def test_roi_table(box, centre, inside):
+    assert roi_keep([box], ROI, "centre").tolist() == [centre]
+    assert roi_keep([box], ROI, "inside").tolist() == [inside]
+
+
+@pytest.mark.parametrize("rule, scores, fails", [
+    ("max_score < 0.5", [], True),           # no detection: max_score is 0.0
+    ("max_score > 0.5", [0.9], True),
+    ("count == 1", [0.25], True),            # a score equal to conf counts
+    ("count == 0", [0.2499], True),
+])
+def test_evaluate_check_feeds_the_rule(rule, scores, fails):
+    result = evaluate_check("c", parse_rule(rule, "c"), [[0, 0, 1, 1]] * len(scores), scores, conf=0.25)
+    assert result.failed is fails
+
+
+def test_bad_roi_mode_and_mismatched_lengths_are_named():
+    with pytest.raises(ValueError, match=r"^roi mode must be one of centre, inside, got 'middle'$"):
+        roi_keep([[0, 0, 1, 1]], ROI, "middle")
+    with pytest.raises(ValueError, match=r"^check 'c': 2 boxes but 1 scores$"):
+        evaluate_check("c", parse_rule("count >= 1", "c"), [[0, 0, 1, 1]] * 2, [0.9])

