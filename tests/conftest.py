@@ -54,6 +54,32 @@ def pytest_make_collect_report(collector):
         report.longrepr = f"skipped under CI=true, where every test must run: {_skip_reason(report)}"
 
 
+def settle_tiny_detector(m):
+    """A fresh tiny detector with distinct scores, in eval mode (returned).
+
+    Untrained, the features fade to ~1e-6 through the trunk, every anchor scores the same and
+    which of the tied peaks a top-k keeps is arbitrary. BatchNorm statistics from a few images
+    (as the first training steps would give), a trained model's similarity scale and boxes a few
+    strides wide make a model whose ONNX parity compares real boxes.
+    """
+    import torch
+
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.reset_running_stats()
+            bn.momentum = None  # a plain average over the calibration batches
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.rand(4, 3, 64, 64), torch.randn(1, 1, 384), torch.randn(1, 1, 3, 384),
+              torch.ones(1, 1, 3, dtype=torch.bool))
+    m.eval()
+    m.similarity.logit_scale.data.fill_(4.6)
+    for seq in m.head.box:
+        seq[-1].weight.data *= 0.01
+    return m
+
+
 @pytest.fixture(scope="session")
 def save_tiny_checkpoint(tmp_path_factory):
     """save(model=None) -> the path of a promptdet checkpoint of ``model`` (default: a fresh tiny

@@ -16,7 +16,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.structures import SCHEMA, Detections
+from conftest import settle_tiny_detector  # noqa: E402
+
+from promptdet.structures import SCHEMA, Detections  # noqa: E402
 
 KNOWN = ["find the bottles", "the gears", "all cans", "the red boxes", "scratched nuts", "every washer"]
 FOREIGN = ["find the dogs", "the cats", "all horses", "the red cars", "people", "every bicycle"]
@@ -41,22 +43,7 @@ def calibrated(tmp_path_factory, save_tiny_checkpoint):
     from promptdet.train.familiarity_fit import fit_image_statistics, install
 
     torch.manual_seed(0)
-    m = PromptDetector(ModelConfig(imgsz=64, max_candidates=16))
-    # As in test_export: BatchNorm statistics from a few images give distinct scores (no tied
-    # peaks for a top-k to pick among), so the ONNX parity check compares real boxes.
-    for bn in m.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None
-    m.train()
-    with torch.no_grad():
-        for _ in range(3):
-            m(torch.rand(4, 3, 64, 64), torch.randn(1, 1, 384), torch.randn(1, 1, 3, 384),
-              torch.ones(1, 1, 3, dtype=torch.bool))
-    m.eval()
-    m.similarity.logit_scale.data.fill_(4.6)
-    for seq in m.head.box:
-        seq[-1].weight.data *= 0.01
+    m = settle_tiny_detector(PromptDetector(ModelConfig(imgsz=64, max_candidates=16)))
     rng = np.random.default_rng(0)
 
     def feats(images):
@@ -269,9 +256,7 @@ def test_line_refuses_an_unknown_check_prompt_at_start_up(tmp_path):
 
 
 def test_decide_unfamiliar_outranks_a_passing_check():
-    from promptdet.line.rules import UNFAMILIAR, decide, evaluate_check
-
-    from promptdet.line.rules import parse_rule
+    from promptdet.line.rules import UNFAMILIAR, decide, evaluate_check, parse_rule
 
     passing = evaluate_check("c", parse_rule("count >= 1"), np.zeros((0, 4)), np.zeros(0), None, 0.5)
     assert decide([passing], None, 1.0).verdict == "PASS"

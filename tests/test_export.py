@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import settle_tiny_detector  # noqa: E402
+
 from promptdet.cli.main import app  # noqa: E402
 from promptdet.errors import PromptdetError, UsageError  # noqa: E402
 from promptdet.export.verify import compare_candidates  # noqa: E402
@@ -39,23 +41,7 @@ def tiny_ckpt(save_tiny_checkpoint) -> Path:
     from promptdet.model.detector import PromptDetector
 
     torch.manual_seed(0)
-    m = PromptDetector(ModelConfig(imgsz=64, max_candidates=16))
-    # Untrained, the features fade to ~1e-6 through the trunk, every anchor scores the same and
-    # which of the tied peaks a top-k keeps is arbitrary. Calibrating the BatchNorm statistics on
-    # a few images (as the first training steps would) gives a model with distinct scores.
-    for bn in m.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None  # a plain average over the calibration batches
-    m.train()
-    with torch.no_grad():
-        for _ in range(3):
-            m(torch.rand(4, 3, 64, 64), torch.randn(1, 1, 384), torch.randn(1, 1, 3, 384),
-              torch.ones(1, 1, 3, dtype=torch.bool))
-    m.eval()
-    m.similarity.logit_scale.data.fill_(4.6)  # a trained model's scale spreads the scores
-    for seq in m.head.box:  # and its boxes are a few strides wide, not 1e4 px
-        seq[-1].weight.data *= 0.01
+    m = settle_tiny_detector(PromptDetector(ModelConfig(imgsz=64, max_candidates=16)))
     return save_tiny_checkpoint(m)
 
 

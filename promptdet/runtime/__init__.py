@@ -1,1 +1,1 @@
-"""The inference runtime that needs no torch: preprocessing now, the ONNX predictor later (issue #5)."""
+"""The inference runtime that needs no torch: the letterbox, NMS, the shared predictor and the ONNX backend."""
