@@ -285,7 +285,8 @@ def calibrate(
     """Fit what the model knows it learned (image and prompt familiarity) and save it with the weights.
 
     After this, detect withholds boxes for an image unlike the training images and for a prompt
-    naming something never trained, and says so (see --no-abstain). promptdet train does this itself.
+    naming something never trained, and says so (see --no-abstain). promptdet train does not fit
+    these statistics (a fine-tuned checkpoint carries those of its start), so run this on each new one.
     """
     with user_errors():
         import dataclasses

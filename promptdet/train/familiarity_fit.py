@@ -6,7 +6,7 @@ so that nearly none of them is called unfamiliar. Prompt side: instructions of t
 vocabulary (``known``) and the same instructions naming things never trained (``foreign``) form the
 two banks; held-out wordings and held-out foreign names set the threshold between them.
 
-Used by ``promptdet calibrate`` and at the end of ``promptdet train``; the result lives in the
+Used by ``promptdet calibrate`` on a trained checkpoint; the result lives in the
 checkpoint's tensors (``model.familiarity.*``) and so in ``detector.onnx``.
 """
 
