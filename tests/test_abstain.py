@@ -262,3 +262,18 @@ def test_decide_unfamiliar_outranks_a_passing_check():
     assert decide([passing], None, 1.0).verdict == "PASS"
     verdict = decide([passing], None, 1.0, unfamiliar=True)
     assert verdict.verdict == "ERROR" and verdict.reasons == [UNFAMILIAR]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "nope.yaml"], "dataset config not found: nope.yaml"),
+    (["--data", "datasets/inspection.yaml", "--imgsz", "650"], "--imgsz 650: sizes must be multiples of 32"),
+    (["--data", "datasets/inspection.yaml", "--imgsz", "abc"], "--imgsz 'abc': expected sizes such as 640"),
+])
+def test_calibrate_refuses_bad_input_in_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from promptdet.cli.main import app
+
+    res = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "c"), *args])
+    assert res.exit_code != 0 and message in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "c.safetensors").exists()
