@@ -90,21 +90,13 @@ def synthetic(model, root: Path, scenes: int, heldout_nouns: tuple[str, ...], se
 def line_frames(model, video_seed: int, seconds: float, sizes: list[int]) -> dict:
     import tempfile
 
-    import cv2
-
     from promptdet.data.synth.video import render_conveyor
+    from promptdet.predict import Source, iter_frames
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "line.mp4"
         render_conveyor(path, seconds=seconds, seed=video_seed)
-        cap = cv2.VideoCapture(str(path))
-        frames = []
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(frame)
-        cap.release()
+        frames = [image for _, _, image, _, error in iter_frames([Source("video", str(path))]) if error is None]
     frames = frames[::3]  # every third frame: neighbours are nearly the same picture
     flagged = {}
     for size in sizes:
