@@ -188,6 +188,8 @@ def train(
     time_hours: float = typer.Option(0.0, "--time", min=0.0,
                                      help="Train for about this many hours: after each epoch the epoch count (and the "
                                           "LR schedule) is fitted to the time left. Overrides --epochs; 0 = off."),
+    max_steps: int = typer.Option(0, "--max-steps", min=0,
+                                  help="Stop after this many optimizer steps; the LR schedule ends there (0 = off)."),
     imgsz: int = typer.Option(640, "--imgsz", min=64, help="Training image size (a multiple of 32)."),
     batch: int = typer.Option(16, "--batch", min=1, help="Images per step (per process under torchrun)."),
     prompts_per_image: int = typer.Option(6, "--prompts-per-image", min=1, help="Instructions per image per step."),
@@ -201,6 +203,13 @@ def train(
                                       help="Share of synthetic images seen as an imgsz x imgsz window at their own "
                                            "resolution (no object cut), so small details train at a fraction of the "
                                            "cost. Pair it with --val-imgsz, the size the model will run at."),
+    foreign_absent: float = typer.Option(0.0, "--foreign-absent", min=0.0, max=1.0,
+                                         help="Share of the empty-answer instructions that name a thing from outside "
+                                              "the line ('find the dogs'), so unknown names get an empty answer "
+                                              "(synthetic data)."),
+    distractors: float = typer.Option(0.0, "--distractors", min=0.0, max=1.0,
+                                      help="Share of training images swapped for a procedural texture with every "
+                                           "answer empty, so the answer depends on the picture."),
     defect_probe: float = typer.Option(0.0, "--defect-probe", min=0.0,
                                        help="Weight of a training-only loss that reads each part's defect kind from "
                                             "its region embedding (synthetic scenes), so defect kinds stay apart. 0 = off."),
@@ -241,6 +250,7 @@ def train(
                           backbone_weights=backbone_weights, prompts_per_image=prompts_per_image, lr=lr,
                           prompt_lr_mult=prompt_lr_mult,
                           absent_rate=absent_rate, absent_mix=absent_mix, native_crop=native_crop,
+                          foreign_absent=foreign_absent, distractors=distractors, max_steps=max_steps,
                           val_imgsz=val_imgsz, defect_probe=defect_probe, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs,
                           train_only=[n.strip() for n in train_only.split(",") if n.strip()])

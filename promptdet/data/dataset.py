@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from promptdet.data.pairs import InstructionPair
-from promptdet.data.sources import LoadedSource
 from promptdet.data.query import context, matches
+from promptdet.data.sources import LoadedSource
+from promptdet.data.synth.distractors import distractor_image
 from promptdet.data.synth.instruct import generate_instructions, weighted_types
 from promptdet.data.synth.logic import LOGIC_TYPES
 from promptdet.data.vocab import DEFECTS
@@ -125,12 +126,16 @@ class PromptDataset(Dataset):
     augment: an ``InstructionAugment`` or None. cache: keep decoded, downscaled images in RAM.
     native_crop: share of synthetic images (redrawn from their scene) served as an imgsz x imgsz
     window at the image's own resolution instead of the whole image scaled down (``native_window``).
+    foreign_absent: share of the absent instructions that name a thing from outside the line
+    ("the dogs"; synthetic scenes). distractors: share of items whose picture is swapped for a
+    procedural texture (``synth.distractors``) with every answer empty: the same instructions,
+    asked of a picture that holds no part.
     """
 
     def __init__(self, sources: list[LoadedSource], imgsz: int, prompts_per_image: int = 8, augment=None,
                  redraw: bool = True, seed: int = 0, cache: bool = True, absent_rate: float = 0.2,
                  absent_mix: str = "default", type_weights: dict[str, int] | None = None,
-                 native_crop: float = 0.0):
+                 native_crop: float = 0.0, foreign_absent: float = 0.0, distractors: float = 0.0):
         self.entries = index_images(sources)
         if not self.entries:
             raise ValueError("the training data holds no images")
@@ -141,6 +146,10 @@ class PromptDataset(Dataset):
         if not 0.0 <= native_crop <= 1.0:
             raise ValueError(f"native_crop must be a share in [0, 1], got {native_crop}")
         self.native_crop = float(native_crop)
+        for name, share in (("foreign_absent", foreign_absent), ("distractors", distractors)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be a share in [0, 1], got {share}")
+        self.foreign_absent, self.distractors = float(foreign_absent), float(distractors)
         self.epoch = 0
         self._images: dict[int, tuple[np.ndarray, float]] = {}
         self._native: dict[int, np.ndarray] = {}
@@ -203,15 +212,31 @@ class PromptDataset(Dataset):
         scene = entry.scene if scene is None else scene
         if scene is not None and self.redraw:
             pairs = generate_instructions(scene, rng, "train", per_image=self.k, absent_rate=self.absent_rate,
-                                          absent_mix=self.absent_mix, types=self.types)
+                                          absent_mix=self.absent_mix, types=self.types,
+                                          foreign_share=self.foreign_absent)
         else:
             pairs = list(entry.pairs)
             if len(pairs) > self.k:
                 pairs = [pairs[j] for j in rng.choice(len(pairs), self.k, replace=False)]
         return pairs
 
+    def _distractor(self, i: int, rng: np.random.Generator) -> Sample:
+        """Item i's instructions asked of a texture: every answer, group and part list is empty."""
+        pairs = self._pairs(i, rng)[:self.k]
+        prompts = [p.instruction for p in pairs]
+        valid = np.array([True] * len(prompts) + [False] * (self.k - len(prompts)), bool)
+        prompts += [prompts[0] if prompts else "nothing"] * (self.k - len(prompts))
+        empty = [np.zeros((0, 4), np.float32) for _ in range(self.k)]
+        image = cv2.cvtColor(distractor_image(rng, self.imgsz), cv2.COLOR_BGR2RGB)
+        types = ["absent"] * len(pairs) + ["pad"] * (self.k - len(pairs))
+        return Sample(image, prompts, empty, [e.copy() for e in empty], valid, types,
+                      np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+
     def __getitem__(self, i: int) -> Sample:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
+        # drawn only when asked for, so a dataset without distractors serves what it always did
+        if self.distractors and rng.random() < self.distractors:
+            return self._distractor(i, rng)
         scene = self.entries[i].scene
         native = self._native_view(i, rng)
         if native is not None:

@@ -39,6 +39,8 @@ class TrainArgs:
     absent_mix: str = "default"  # "hard", "defect" or "confusable": see instruct.ABSENT_KINDS (synthetic only)
     type_weights: dict = field(default_factory=dict)  # e.g. {"defect": 2}: asked twice as often (synthetic)
     native_crop: float = 0.0  # share of synthetic images seen as an imgsz window at their own resolution
+    foreign_absent: float = 0.0  # share of the empty-answer instructions naming a thing from outside the line
+    distractors: float = 0.0  # share of images swapped for a procedural texture, every answer empty
     defect_probe: float = 0.0  # weight of the DefectProbe loss (synthetic scenes; 0 = off), see train.loss
     train_only: list = field(default_factory=list)  # top-level modules to train (e.g. ["verifier"]); the rest is frozen
     val_imgsz: int = 0  # validation (and deployment) size; 0 = imgsz. With native_crop: the scenes' own size
@@ -58,7 +60,7 @@ class TrainArgs:
     cache_images: bool = True
     replay: str | None = None  # base data mixed in while fine-tuning, so earlier skills are kept
     replay_ratio: float = 0.3
-    max_steps: int = 0  # stop after this many optimizer steps (0 = run every epoch); for smoke tests
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run every epoch); the LR schedule ends there
     time: float = 0.0  # hours; when set, the epoch count is fitted to it after each epoch (as in ultralytics)
     progress: bool | None = None
     log_every: int = 50  # steps between plain progress lines when stderr is not a terminal
@@ -144,7 +146,8 @@ class Trainer:
                                        augment=self._augment() if args.augment else None, seed=args.seed,
                                        cache=args.cache_images, absent_rate=args.absent_rate,
                                        absent_mix=args.absent_mix, type_weights=args.type_weights,
-                                       native_crop=args.native_crop)
+                                       native_crop=args.native_crop, foreign_absent=args.foreign_absent,
+                                       distractors=args.distractors)
         self.loader = self._loader(sources, weights)
         self.val = self._val_source()
         if resume:
@@ -239,6 +242,8 @@ class Trainer:
 
     def _lr_at(self, step: int, steps_per_epoch: int) -> float:
         total = max(1, self.args.epochs * steps_per_epoch)
+        if self.args.max_steps:  # a run cut short by steps still ends its cosine at the last step
+            total = min(total, self.args.max_steps)
         warm = max(1, int(self.args.warmup_epochs * steps_per_epoch))
         if step < warm:
             return self.args.lr * (step + 1) / warm

@@ -19,6 +19,7 @@ from promptdet.data.synth import templates as T
 from promptdet.data.synth.logic import BUILDERS as LOGIC_BUILDERS
 from promptdet.data.synth.logic import LOGIC_TYPES
 from promptdet.data.vocab import CATEGORIES, COLORS, COLORS_BY_CATEGORY, DEFECTS, DEFECTS_BY_CATEGORY
+from promptdet.text.general_vocab import BANK_NOUNS, HELD_OUT
 
 POSITIVE_TYPES = ("category", "attribute", "defect", "spatial", "superlative", "relation", "count")
 # The boolean forms are asked only when named (``type_weights``), so the default mix, and the
@@ -260,6 +261,21 @@ def _absent_defect(rng, split, part_kinds: list[str], p_named: float, present_de
     return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, "defect")
 
 
+def _foreign_absent(rng, split):
+    """A thing that is never on the line ("find the dogs", "the red bicycles"): the answer is empty.
+
+    The name is a general noun, never a part; the test split draws the held-out nouns, so a
+    figure on it says whether the lesson generalises to names the model was not taught. The
+    query is an ordinary leaf whose category no scene object has, so it recomputes to nothing.
+    """
+    nouns = HELD_OUT if split == "test" else BANK_NOUNS
+    noun = nouns[int(rng.integers(len(nouns)))]
+    color = COLORS[int(rng.integers(len(COLORS)))] if rng.random() < 0.3 else None
+    text = T.set_instruction(rng, split, None, color, None, noun=noun)
+    select = {"category": noun, "color": color}
+    return "absent", {"select": {k: v for k, v in select.items() if v is not None}, "absent": "foreign"}, [], text
+
+
 def _absent(rng, split, select, kind):
     select = {k: v for k, v in select.items() if v is not None}
     text = T.set_instruction(rng, split, select.get("category"), select.get("color"), select.get("defect"))
@@ -282,14 +298,17 @@ def weighted_types(type_weights: dict[str, int] | None = None) -> tuple[str, ...
 
 def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "train", per_image: int = 6,
                           absent_rate: float = 0.2, types: tuple[str, ...] = POSITIVE_TYPES,
-                          absent_mix: str = "default") -> list[InstructionPair]:
+                          absent_mix: str = "default", foreign_share: float = 0.0) -> list[InstructionPair]:
     """Instruction pairs for one scene (a ``scenes.jsonl`` record), about ``absent_rate`` of them absent.
 
     absent_mix: ``default``, ``hard`` (more near-miss colours and defects) or ``defect`` (mostly
-    near-miss defects), see ``ABSENT_KINDS``.
+    near-miss defects), see ``ABSENT_KINDS``. foreign_share: share of the absent pairs that name
+    a thing from outside the line (``_foreign_absent``); 0 draws exactly what it drew before.
     """
     if not 0.0 <= absent_rate <= 1.0:
         raise ValueError(f"absent_rate must be in [0, 1], got {absent_rate}")
+    if not 0.0 <= foreign_share <= 1.0:
+        raise ValueError(f"foreign_share must be in [0, 1], got {foreign_share}")
     if absent_mix not in ABSENT_KINDS:
         raise ValueError(f"absent_mix must be one of {sorted(ABSENT_KINDS)}, got {absent_mix!r}")
     objects = scene["objects"]
@@ -314,7 +333,10 @@ def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "t
     for _ in range(n_absent * 3):
         if len(pairs) >= n_absent:
             break
-        add(_absent_query(rng, objects, split, absent_mix))
+        if foreign_share and rng.random() < foreign_share:
+            add(_foreign_absent(rng, split))
+        else:
+            add(_absent_query(rng, objects, split, absent_mix))
     if objects:
         # Cycle through the types in a shuffled order, so every type gets its turn on every scene
         # that allows it; a type with no clear answer here is simply passed over.

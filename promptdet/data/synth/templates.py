@@ -144,7 +144,10 @@ COUNT_FRAMES = _split_frames(_COUNT_FRAMES)
 
 _IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
                       "foot": "feet", "tooth": "teeth", "knife": "knives", "leaf": "leaves", "sheep": "sheep",
-                      "fish": "fish", "deer": "deer", "skis": "skis", "glasses": "glasses", "scissors": "scissors"}
+                      "fish": "fish", "deer": "deer", "skis": "skis", "glasses": "glasses", "scissors": "scissors",
+                      # names that are plural already (general_vocab's foreign names)
+                      "sunglasses": "sunglasses", "jeans": "jeans", "trousers": "trousers", "pliers": "pliers",
+                      "headphones": "headphones", "noodles": "noodles", "stairs": "stairs", "chopsticks": "chopsticks"}
 
 # Words a typo must never touch: a flip or a hue rule reads them, and a misspelt one would
 # make the instruction silently false after augmentation.
