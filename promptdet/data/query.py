@@ -3,12 +3,14 @@
 Every instruction pair carries ``extra["query"]``; its ``select`` is one of::
 
     {"category": "nut", "color": "red", "defect": "crack"}   # a leaf: every given field must hold
+    {"category": "cell", "type": "mono"}                      # a type (imported data's attributes)
     {"any": [EXPR, ...]}                                      # or
     {"all": [EXPR, ...]}                                      # and
     {"not": EXPR}                                             # not
 
 In a leaf a missing or None field means "any"; ``"defect": "any"`` means "has at least one
-defect". ``{}`` selects every part. Negation ("undamaged nuts"), exclusion ("all but the gears"),
+defect", and ``"type": "mono"`` means "mono" is among the object's ``types``. ``{}`` selects
+every part. Negation ("undamaged nuts"), exclusion ("all but the gears"),
 disjunction ("dented or scratched cans") and the inspector's jargon ("NG", "OK parts") are all
 selections over the same scene facts (category, colour, defects), so every box can be checked
 from ``scenes.jsonl`` alone. The synthetic generator, the importers and the tests speak this one
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-LEAF_FIELDS = ("category", "color", "defect")
+LEAF_FIELDS = ("category", "color", "type", "defect")
 OPERATORS = ("any", "all", "not")
 MAX_DEPTH = 8  # queries are written by programs; a deeper one is a bug, not a sentence
 
@@ -28,6 +30,8 @@ def _leaf_matches(obj: dict, leaf: dict) -> bool:
     if leaf.get("category") and obj["category"] != leaf["category"]:
         return False
     if leaf.get("color") and obj["color"] != leaf["color"]:
+        return False
+    if leaf.get("type") and leaf["type"] not in obj.get("types", ()):
         return False
     defect = leaf.get("defect")
     if defect == "any":
@@ -38,7 +42,7 @@ def _leaf_matches(obj: dict, leaf: dict) -> bool:
 
 
 def matches(obj: dict, select: dict, _depth: int = 0) -> bool:
-    """Whether the scene object ``obj`` (category, color, defects) is selected by ``select``."""
+    """Whether the scene object ``obj`` (category, color, defects, and types if any) is selected by ``select``."""
     if _depth > MAX_DEPTH:
         raise ValueError(f"query nested deeper than {MAX_DEPTH} levels")
     if "any" in select:

@@ -4,7 +4,9 @@ Each pair carries a ``query`` (the structured meaning of its instruction), so it
 recomputed from ``scenes.jsonl`` alone. Queries are only emitted when their answer is clear: a
 "leftmost" part that wins by a visible margin, a "largest" part clearly larger by every measure,
 a relation with exactly one part on the named side of a reference that is unique in the scene.
-Wording comes from ``templates``; meaning lives here.
+Wording comes from ``templates``; meaning lives here. ``lex`` says what exists and how it is said:
+the synthetic line's vocabulary (``templates.SYNTH``) by default, or a user's (``user_vocab``), whose
+looks (colours and types) take the place of the synthetic colours.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from promptdet.data.lexicon import Lexicon, look_of, looks_of
 from promptdet.data.pairs import InstructionPair
 from promptdet.data.query import matches
 from promptdet.data.synth import templates as T
 from promptdet.data.synth.logic import BUILDERS as LOGIC_BUILDERS
 from promptdet.data.synth.logic import LOGIC_TYPES
-from promptdet.data.vocab import CATEGORIES, COLORS, COLORS_BY_CATEGORY, DEFECTS, DEFECTS_BY_CATEGORY
+from promptdet.data.synth.templates import SYNTH
+from promptdet.data.vocab import COLORS
 from promptdet.text.general_vocab import BANK_NOUNS, HELD_OUT
 
 POSITIVE_TYPES = ("category", "attribute", "defect", "spatial", "superlative", "relation", "count")
@@ -72,13 +76,18 @@ def _dist(a, b) -> float:
 
 # ---- query builders: each returns (type, query, target objects, instruction) or None ----
 
-def _selectors_present(objects: list[dict], kind: str) -> list[dict]:
+def _look_pairs(objects: list[dict]) -> list[tuple[str, str]]:
+    """(look, category) for every look a part has."""
+    return sorted({(look, o["category"]) for o in objects for look in looks_of(o)})
+
+
+def _selectors_present(objects: list[dict], kind: str, lex: Lexicon) -> list[dict]:
     cats = sorted({o["category"] for o in objects})
     if kind == "category":
         return [{"category": c} for c in cats] + [{}]
     if kind == "attribute":
-        pairs = sorted({(o["color"], o["category"]) for o in objects})
-        return [{"category": c, "color": col} for col, c in pairs] + [{"color": col} for col in sorted({o["color"] for o in objects})]
+        looks = sorted({look for o in objects for look in looks_of(o)})
+        return [{"category": c, **lex.look_leaf(col)} for col, c in _look_pairs(objects)] + [lex.look_leaf(col) for col in looks]
     defects = sorted({d for o in objects for d in o["defects"]})
     return ([{"defect": "any"}]
             + [{"category": c, "defect": "any"} for c in cats]
@@ -86,8 +95,8 @@ def _selectors_present(objects: list[dict], kind: str) -> list[dict]:
             + [{"defect": d} for d in defects])
 
 
-def _set_query(rng, objects, split, kind):
-    options = _selectors_present(objects, kind)
+def _set_query(rng, objects, split, kind, lex):
+    options = _selectors_present(objects, kind, lex)
     if kind == "category" and rng.random() > 0.1:  # "all parts" now and then, named kinds mostly
         options = options[:-1]
     if kind == "defect" and rng.random() < 0.7:  # "the defective parts" now and then, specifics mostly
@@ -96,17 +105,17 @@ def _set_query(rng, objects, split, kind):
     if not options:
         return None
     select = options[int(rng.integers(len(options)))]
-    text = T.set_instruction(rng, split, select.get("category"), select.get("color"), select.get("defect"))
+    text = T.set_instruction(rng, split, select.get("category"), look_of(select), select.get("defect"), lex=lex)
     return kind, {"select": select}, [o for o in objects if matches(o, select)], text
 
 
-def _describe(rng, objects, candidates_min: int = 2):
-    """A selector naming a group of at least ``candidates_min`` parts (by kind, colour+kind, or any)."""
+def _describe(rng, objects, lex, candidates_min: int = 2):
+    """A selector naming a group of at least ``candidates_min`` parts (by kind, look+kind, or any)."""
     options = []
     for c in sorted({o["category"] for o in objects}):
         options.append({"category": c})
-    for col, c in sorted({(o["color"], o["category"]) for o in objects}):
-        options.append({"category": c, "color": col})
+    for col, c in _look_pairs(objects):
+        options.append({"category": c, **lex.look_leaf(col)})
     if rng.random() < 0.15:
         options.append({})
     options = [s for s in options if sum(matches(o, s) for o in objects) >= candidates_min]
@@ -115,10 +124,10 @@ def _describe(rng, objects, candidates_min: int = 2):
     return options[int(rng.integers(len(options)))]
 
 
-def _extreme_query(rng, objects, split, kind, size_wh):
+def _extreme_query(rng, objects, split, kind, size_wh, lex):
     extremes = ("leftmost", "rightmost", "topmost", "bottommost") if kind == "spatial" else ("largest", "smallest")
     for _ in range(4):
-        select = _describe(rng, objects)
+        select = _describe(rng, objects, lex)
         if select is None:
             return None
         extreme = extremes[int(rng.integers(len(extremes)))]
@@ -134,23 +143,26 @@ def _extreme_query(rng, objects, split, kind, size_wh):
             if not (_area(big["bbox"]) >= SIZE_RATIO * _area(small["bbox"])
                     and big.get("visible_px", 1) >= SIZE_RATIO * small.get("visible_px", 0)):
                 continue
-        text = T.extreme_instruction(rng, split, extreme, select.get("category"), select.get("color"))
+        text = T.extreme_instruction(rng, split, extreme, select.get("category"), look_of(select), lex)
         return kind, {"select": select, "extreme": extreme}, [best], text
     return None
 
 
 def _unique_references(objects):
-    """Parts a phrase names uniquely: the only one of its kind, or the only one of its colour and kind."""
+    """Parts a phrase names uniquely: the only one of its kind, or the only one of its look and kind."""
     refs = []
     for o in objects:
         if sum(p["category"] == o["category"] for p in objects) == 1:
             refs.append((o, None))
-        elif sum(p["category"] == o["category"] and p["color"] == o["color"] for p in objects) == 1:
-            refs.append((o, o["color"]))
+            continue
+        for look in looks_of(o):
+            if sum(p["category"] == o["category"] and look in looks_of(p) for p in objects) == 1:
+                refs.append((o, look))
+                break
     return refs
 
 
-def _relation_query(rng, objects, split, size_wh):
+def _relation_query(rng, objects, split, size_wh, lex):
     refs = _unique_references(objects)
     if not refs:
         return None
@@ -183,14 +195,15 @@ def _relation_query(rng, objects, split, size_wh):
             if any(sign * (_center(o["bbox"])[axis] - rc) <= 0 for o in group if o is not hits[0]):
                 continue
             target = hits[0]
-        text = T.relation_instruction(rng, split, relation, cat, ref["category"], ref_color)
+        text = T.relation_instruction(rng, split, relation, cat, ref["category"], ref_color, lex)
+        ref_look = lex.look_leaf(ref_color) if ref_color else {"color": None}
         query = {"select": {"category": cat}, "relation": relation, "ref_id": ref["id"],
-                 "ref_select": {"category": ref["category"], "color": ref_color}}
+                 "ref_select": {"category": ref["category"], **ref_look}}
         return "relation", query, [target], text
     return None
 
 
-def _count_query(rng, objects, split):
+def _count_query(rng, objects, split, lex):
     cats = sorted({o["category"] for o in objects})
     cat = cats[int(rng.integers(len(cats)))]
     k = sum(o["category"] == cat for o in objects)
@@ -198,7 +211,7 @@ def _count_query(rng, objects, split):
     # Thresholds near the true count, so about half the conditions hold.
     n = int(max(1, k + rng.integers(-2, 3)))
     holds = {"more_than": k > n, "at_least": k >= n, "fewer_than": k < n, "exactly": k == n}[op]
-    text = T.count_instruction(rng, split, op, n, cat)
+    text = T.count_instruction(rng, split, op, n, cat, lex=lex)
     targets = [o for o in objects if o["category"] == cat] if holds else []
     return "count", {"select": {"category": cat}, "op": op, "n": n}, targets, text
 
@@ -219,46 +232,51 @@ ABSENT_KINDS = {"default": (("category", "category", "color", "defect"), 0.7),
                 "confusable": (("category", "color", "defect", "other_defect", "other_defect", "other_defect"), 0.9)}
 
 
-def _absent_query(rng, objects, split, mix: str = "default"):
-    """A category, colour or defect that is nowhere in the image; the answer is empty."""
+def _absent_query(rng, objects, split, mix: str = "default", lex: Lexicon = SYNTH):
+    """A category, look or defect that is nowhere in the image; the answer is empty."""
     present_cats = {o["category"] for o in objects}
-    present_cols = {o["color"] for o in objects}
+    present_cols = {look for o in objects for look in looks_of(o)}
     present_defects = {d for o in objects for d in o["defects"]}
     kinds, name_part = ABSENT_KINDS[mix]
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "other_defect":
         # Tie the query to a part that has another defect (or to no kind: "dented parts").
         defective = [o["category"] for o in objects if o["defects"]]
-        query = _absent_defect(rng, split, defective, name_part - 0.2, present_defects) if defective else None
+        query = _absent_defect(rng, split, defective, name_part - 0.2, present_defects, lex) if defective else None
         if query:
             return query
         kind = "defect"
     if kind == "color":
-        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part else None
-        cols = [c for c in (COLORS_BY_CATEGORY[cat] if cat else COLORS) if c not in present_cols]
+        # An image with no parts has no kind to tie the look to ("red parts", not "red <nothing>").
+        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part and present_cats \
+            else None
+        cols = [c for c in (lex.looks_by_category[cat] if cat else lex.looks) if c not in present_cols]
         if cols:
-            select = {"category": cat, "color": cols[int(rng.integers(len(cols)))]}
-            return _absent(rng, split, select, kind)
-    if kind == "defect":
+            look = cols[int(rng.integers(len(cols)))]
+            select = {"category": cat, **lex.look_leaf(look)}
+            return _absent(rng, split, select, kind, lex)
+    if kind == "defect" and lex.defects:
         if not present_defects and rng.random() < 0.4:
-            return _absent(rng, split, {"defect": "any"}, kind)
-        query = _absent_defect(rng, split, sorted(present_cats), name_part - 0.1, present_defects)
+            return _absent(rng, split, {"defect": "any"}, kind, lex)
+        query = _absent_defect(rng, split, sorted(present_cats), name_part - 0.1, present_defects, lex)
         if query:
             return query
-    cats = [c for c in CATEGORIES if c not in present_cats]
+    cats = [c for c in lex.categories if c not in present_cats]
     if not cats:
         return None
-    return _absent(rng, split, {"category": cats[int(rng.integers(len(cats)))]}, "category")
+    return _absent(rng, split, {"category": cats[int(rng.integers(len(cats)))]}, "category", lex)
 
 
-def _absent_defect(rng, split, part_kinds: list[str], p_named: float, present_defects: set[str]):
+def _absent_defect(rng, split, part_kinds: list[str], p_named: float, present_defects: set[str],
+                   lex: Lexicon = SYNTH):
     """A defect that no part has, named on one of ``part_kinds`` (drawn) with probability p_named,
     else on no kind ("dented parts"); None when that kind of part has every defect it can have."""
+    p_named = p_named if part_kinds else 0.0  # an empty image has no kind to name
     cat = part_kinds[int(rng.integers(len(part_kinds)))] if rng.random() < p_named else None
-    defects = [d for d in (DEFECTS_BY_CATEGORY[cat] if cat else DEFECTS) if d not in present_defects]
+    defects = [d for d in (lex.defects_by_category[cat] if cat else lex.defects) if d not in present_defects]
     if not defects:
         return None
-    return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, "defect")
+    return _absent(rng, split, {"category": cat, "defect": defects[int(rng.integers(len(defects)))]}, "defect", lex)
 
 
 def _foreign_absent(rng, split):
@@ -276,9 +294,9 @@ def _foreign_absent(rng, split):
     return "absent", {"select": {k: v for k, v in select.items() if v is not None}, "absent": "foreign"}, [], text
 
 
-def _absent(rng, split, select, kind):
+def _absent(rng, split, select, kind, lex: Lexicon = SYNTH):
     select = {k: v for k, v in select.items() if v is not None}
-    text = T.set_instruction(rng, split, select.get("category"), select.get("color"), select.get("defect"))
+    text = T.set_instruction(rng, split, select.get("category"), look_of(select), select.get("defect"), lex=lex)
     return "absent", {"select": select, "absent": kind}, [], text
 
 
@@ -298,12 +316,14 @@ def weighted_types(type_weights: dict[str, int] | None = None) -> tuple[str, ...
 
 def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "train", per_image: int = 6,
                           absent_rate: float = 0.2, types: tuple[str, ...] = POSITIVE_TYPES,
-                          absent_mix: str = "default", foreign_share: float = 0.0) -> list[InstructionPair]:
+                          absent_mix: str = "default", foreign_share: float = 0.0,
+                          lex: Lexicon = SYNTH) -> list[InstructionPair]:
     """Instruction pairs for one scene (a ``scenes.jsonl`` record), about ``absent_rate`` of them absent.
 
     absent_mix: ``default``, ``hard`` (more near-miss colours and defects) or ``defect`` (mostly
     near-miss defects), see ``ABSENT_KINDS``. foreign_share: share of the absent pairs that name
     a thing from outside the line (``_foreign_absent``); 0 draws exactly what it drew before.
+    lex: what exists and how it is said; a user's lexicon names their classes and attributes.
     """
     if not 0.0 <= absent_rate <= 1.0:
         raise ValueError(f"absent_rate must be in [0, 1], got {absent_rate}")
@@ -336,7 +356,7 @@ def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "t
         if foreign_share and rng.random() < foreign_share:
             add(_foreign_absent(rng, split))
         else:
-            add(_absent_query(rng, objects, split, absent_mix))
+            add(_absent_query(rng, objects, split, absent_mix, lex))
     if objects:
         # Cycle through the types in a shuffled order, so every type gets its turn on every scene
         # that allows it; a type with no clear answer here is simply passed over.
@@ -344,19 +364,19 @@ def generate_instructions(scene: dict, rng: np.random.Generator, split: str = "t
         for attempt in range(per_image * 4):
             if len(pairs) >= per_image:
                 break
-            add(_build(rng, objects, split, order[attempt % len(order)], size_wh))
+            add(_build(rng, objects, split, order[attempt % len(order)], size_wh, lex))
     return pairs
 
 
-def _build(rng, objects, split, kind, size_wh) -> Any:
+def _build(rng, objects, split, kind, size_wh, lex) -> Any:
     if kind in ("category", "attribute", "defect"):
-        return _set_query(rng, objects, split, kind)
+        return _set_query(rng, objects, split, kind, lex)
     if kind in ("spatial", "superlative"):
-        return _extreme_query(rng, objects, split, kind, size_wh)
+        return _extreme_query(rng, objects, split, kind, size_wh, lex)
     if kind == "relation":
-        return _relation_query(rng, objects, split, size_wh)
+        return _relation_query(rng, objects, split, size_wh, lex)
     if kind == "count":
-        return _count_query(rng, objects, split)
+        return _count_query(rng, objects, split, lex)
     if kind in LOGIC_BUILDERS:
-        return LOGIC_BUILDERS[kind](rng, objects, split)
+        return LOGIC_BUILDERS[kind](rng, objects, split, lex)
     raise ValueError(f"unknown instruction type {kind!r}; expected one of {ALL_TYPES}")

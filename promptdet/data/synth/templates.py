@@ -17,6 +17,15 @@ import re
 
 import numpy as np
 
+from promptdet.data.lexicon import Lexicon
+from promptdet.data.vocab import (
+    CATEGORIES,
+    COLORS,
+    COLORS_BY_CATEGORY,
+    DEFECTS,
+    DEFECTS_BY_CATEGORY,
+)
+
 SPLITS = ("train", "test")
 
 CATEGORY_WORDS = {
@@ -65,6 +74,27 @@ DEFECT_POST = {
                     ("with no cap on", "with no caps on")),
     "any": (("with a defect", "with defects"), ("that is damaged", "that are damaged"),
             ("with visible damage", "with visible damage"), ("that fails inspection", "that fail inspection")),
+}
+
+# "not <defect>": adjectives, and postnominal phrases.
+NOT_DEFECT_ADJ = {
+    "scratch": ("unscratched", "scratch-free"),
+    "crack": ("uncracked", "crack-free"),
+    "dent": ("undented", "dent-free"),
+    "stain": ("clean", "stain-free", "unstained"),
+    "missing_cap": ("capped", "closed"),
+}
+NOT_DEFECT_POST = {
+    "scratch": (("without a scratch", "without scratches"), ("with no scratch", "with no scratches"),
+                ("that is not scratched", "that are not scratched")),
+    "crack": (("without a crack", "without cracks"), ("with no crack", "with no cracks"),
+              ("that is not cracked", "that are not cracked")),
+    "dent": (("without a dent", "without dents"), ("with no dent", "with no dents"),
+             ("that is not dented", "that are not dented")),
+    "stain": (("without a stain", "without stains"), ("with no stain", "with no stains"),
+              ("that is not dirty", "that are not dirty")),
+    "missing_cap": (("that still has its cap", "that still have their caps"), ("with the cap on", "with caps on"),
+                    ("with its cap", "with their caps"), ("that is not missing its cap", "that are not missing caps")),
 }
 
 # Position phrases: (adjective forms, postnominal forms) per extreme.
@@ -138,6 +168,14 @@ def _split_frames(frames: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     }
 
 
+# The synthetic line's vocabulary and words. A user's data brings its own (``promptdet.data.user_vocab``).
+SYNTH = Lexicon(
+    categories=CATEGORIES, colors=COLORS, types=(), defects=DEFECTS,
+    looks_by_category=COLORS_BY_CATEGORY, defects_by_category=DEFECTS_BY_CATEGORY,
+    category_words=CATEGORY_WORDS, generic_words=GENERIC_WORDS, look_words=COLOR_WORDS,
+    defect_adj=DEFECT_ADJ, defect_post=DEFECT_POST, not_defect_adj=NOT_DEFECT_ADJ, not_defect_post=NOT_DEFECT_POST,
+)
+
 SET_FRAMES = _split_frames(_SET_FRAMES)
 SINGLE_FRAMES = _split_frames(_SINGLE_FRAMES)
 COUNT_FRAMES = _split_frames(_COUNT_FRAMES)
@@ -190,34 +228,34 @@ def _choice(rng: np.random.Generator, options):
 
 
 def noun_phrase(rng: np.random.Generator, category: str | None, color: str | None = None,
-                defect: str | None = None, plural: bool = True, noun: str | None = None) -> str:
+                defect: str | None = None, plural: bool = True, noun: str | None = None, lex: Lexicon = SYNTH) -> str:
     """A noun phrase for the parts a selector picks: "red bottles", "cans with a dent", "faulty parts".
 
-    ``category`` is a vocabulary category (or None for any part); ``noun`` overrides the
-    head noun with a free-form name (used by importers).
+    ``category`` is a category of ``lex`` (or None for any part); ``color`` is any look (a colour
+    or a type); ``noun`` overrides the head noun with a free-form name (used by importers).
     """
-    head = noun if noun is not None else _choice(rng, CATEGORY_WORDS[category] if category else GENERIC_WORDS)
+    head = noun if noun is not None else _choice(rng, lex.category_words[category] if category else lex.generic_words)
     if plural:
         head = pluralize(head)
     pre: list[str] = []
     post = ""
     if defect is not None:
         if rng.random() < 0.5:
-            pre.append(_choice(rng, DEFECT_ADJ[defect]))
+            pre.append(_choice(rng, lex.defect_adj[defect]))
         else:
-            post = _choice(rng, DEFECT_POST[defect])[1 if plural else 0]
+            post = _choice(rng, lex.defect_post[defect])[1 if plural else 0]
     if color is not None:
-        pre.append(_choice(rng, COLOR_WORDS[color]))
+        pre.append(_choice(rng, lex.look_words[color]))
     return " ".join(pre + [head] + ([post] if post else []))
 
 
 def set_instruction(rng: np.random.Generator, split: str, category: str | None, color: str | None = None,
-                    defect: str | None = None, noun: str | None = None) -> str:
+                    defect: str | None = None, noun: str | None = None, lex: Lexicon = SYNTH) -> str:
     """An instruction asking for every part that matches: "where are the scratched cans?"."""
     _check_split(split)
-    frame = _choice(rng, SET_FRAMES[split])
-    text = frame.format(np=noun_phrase(rng, category, color, defect, True, noun),
-                        np_sg=noun_phrase(rng, category, color, defect, False, noun))
+    frame = _choice(rng, lex.frames(SET_FRAMES[split]))
+    text = frame.format(np=noun_phrase(rng, category, color, defect, True, noun, lex),
+                        np_sg=noun_phrase(rng, category, color, defect, False, noun, lex))
     return _finish(rng, text)
 
 
@@ -230,40 +268,40 @@ def category_instruction(name: str, rng: np.random.Generator, split: str = "trai
 
 
 def extreme_instruction(rng: np.random.Generator, split: str, extreme: str, category: str | None,
-                        color: str | None = None) -> str:
+                        color: str | None = None, lex: Lexicon = SYNTH) -> str:
     """One part picked by position or size: "the leftmost bolt", "the gear that is the largest"."""
     _check_split(split)
     adjs, posts = EXTREME_WORDS[extreme]
-    sg = noun_phrase(rng, category, color, None, plural=False)
+    sg = noun_phrase(rng, category, color, None, plural=False, lex=lex)
     if extreme in ("largest", "smallest") and rng.random() < 0.25:
-        the = f"the {_choice(rng, adjs)} of the {noun_phrase(rng, category, color, None, plural=True)}"
+        the = f"the {_choice(rng, adjs)} of the {noun_phrase(rng, category, color, None, plural=True, lex=lex)}"
     elif rng.random() < 0.55:
         the = f"the {_choice(rng, adjs)} {sg}"
     else:
         the = f"the {sg} {_choice(rng, posts)}"
-    return _finish(rng, _choice(rng, SINGLE_FRAMES[split]).format(the=the))
+    return _finish(rng, _choice(rng, lex.frames(SINGLE_FRAMES[split])).format(the=the))
 
 
 def relation_instruction(rng: np.random.Generator, split: str, relation: str, category: str | None,
-                         ref_category: str, ref_color: str | None) -> str:
+                         ref_category: str, ref_color: str | None, lex: Lexicon = SYNTH) -> str:
     """One part picked relative to a unique reference: "the nut left of the gear"."""
     _check_split(split)
-    target = noun_phrase(rng, category, None, None, plural=False)
-    ref = noun_phrase(rng, ref_category, ref_color, None, plural=False)
+    target = noun_phrase(rng, category, None, None, plural=False, lex=lex)
+    ref = noun_phrase(rng, ref_category, ref_color, None, plural=False, lex=lex)
     link = _choice(rng, ("", "that is ", "which is ")) if rng.random() < 0.3 else ""
     the = f"the {target} {link}{_choice(rng, RELATION_WORDS[relation])} the {ref}"
-    return _finish(rng, _choice(rng, SINGLE_FRAMES[split]).format(the=the))
+    return _finish(rng, _choice(rng, lex.frames(SINGLE_FRAMES[split])).format(the=the))
 
 
 def count_instruction(rng: np.random.Generator, split: str, op: str, n: int, category: str | None,
-                      color: str | None = None) -> str:
+                      color: str | None = None, lex: Lexicon = SYNTH) -> str:
     """A conditional request: "find the washers if there are more than two"."""
     _check_split(split)
     number = NUMBER_WORDS[n] if (n < len(NUMBER_WORDS) and rng.random() < 0.7) else str(n)
     cmp = _choice(rng, COUNT_WORDS[op]).format(n=number)
-    text = _choice(rng, COUNT_FRAMES[split]).format(
-        np=noun_phrase(rng, category, color, None, True), np_sg=noun_phrase(rng, category, color, None, False),
-        cmp=cmp)
+    text = _choice(rng, lex.frames(COUNT_FRAMES[split])).format(
+        np=noun_phrase(rng, category, color, None, True, lex=lex),
+        np_sg=noun_phrase(rng, category, color, None, False, lex=lex), cmp=cmp)
     return _finish(rng, text)
 
 
