@@ -145,24 +145,59 @@ def synth_frames(
         _echo_instructions(report, out)
 
 
+VocabOpt = Annotated[Path, typer.Option("--vocab", help="Dataset vocabulary YAML: class synonyms, and each "
+                                                        "attribute's kind (defect, color, type). See README.")]
+
+
+def _is_imported(path: Path) -> bool:
+    """An imported folder (labels.jsonl, from data convert) rather than synthetic scenes."""
+    if path.is_dir():
+        return (path / "labels.jsonl").is_file() and not (path / "scenes.jsonl").is_file()
+    return path.name == "labels.jsonl"
+
+
 @app.command()
 def instruct(
-    scenes: Path = typer.Argument(..., help="A scenes.jsonl, or the folder that holds it."),
+    scenes: Path = typer.Argument(..., help="A scenes.jsonl or labels.jsonl, or the folder that holds it "
+                                            "(a synthetic folder, or one written by data convert)."),
     out: Path = typer.Option(None, "--out", help="Output JSONL (default: instructions.jsonl beside the scenes)."),
     seed: SeedOpt = 0,
     split: SplitOpt = "train",
     per_image: PerImageOpt = 6,
     absent_rate: AbsentRateOpt = 0.2,
+    vocab: VocabOpt = None,
+    types: str = typer.Option(None, "--types", help="Imported data: instruction types with optional weights, "
+                                                    "e.g. 'category,defect=2,negation' (default: every type "
+                                                    "the labels support)."),
 ) -> None:
-    """Write instruction pairs for existing scenes (for example the test split's wordings)."""
+    """Write instruction pairs for existing scenes, or for imported labels with a vocabulary."""
     from promptdet.data.synth.generate import read_scenes, write_instructions
+    from promptdet.errors import UsageError
 
     with user_errors():
-        records = read_scenes(scenes)
         root = scenes if scenes.is_dir() else scenes.parent
         target = out or root / "instructions.jsonl"
-        counts = write_instructions(records, target, seed=seed, split=split, per_image=per_image,
-                                    absent_rate=absent_rate)
+        if _is_imported(scenes):
+            from promptdet.data.user_instruct import (
+                parse_types,
+                read_labels,
+                write_user_instructions,
+            )
+            from promptdet.data.user_vocab import EMPTY, load_vocab
+
+            weights = parse_types(types)
+            labels = read_labels(scenes)
+            counts = write_user_instructions(labels, load_vocab(vocab) if vocab else EMPTY, target, seed=seed,
+                                             split=split, per_image=per_image, absent_rate=absent_rate,
+                                             types=weights, path=str(root / "labels.jsonl"))
+        else:
+            for flag, value in (("--vocab", vocab), ("--types", types)):
+                if value is not None:
+                    raise UsageError(f"{flag} is for imported data (a folder with labels.jsonl from data convert); "
+                                     f"{scenes} holds synthetic scenes")
+            records = read_scenes(scenes)
+            counts = write_instructions(records, target, seed=seed, split=split, per_image=per_image,
+                                        absent_rate=absent_rate)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     typer.echo(f"wrote {sum(counts.values())} instructions ({kinds}) to {target}", err=True)
 
@@ -182,8 +217,13 @@ def convert(
     absent_rate: AbsentRateOpt = 0.2,
     copy_images: bool = typer.Option(False, "--copy-images", help="Copy images into OUT/images/ instead of referring to them."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/instructions.jsonl."),
+    vocab: VocabOpt = None,
 ) -> None:
-    """Convert COCO, YOLO, RefCOCO or ODVG annotations into instruction pairs."""
+    """Convert COCO, YOLO, RefCOCO or ODVG annotations into instruction pairs.
+
+    COCO and YOLO also write OUT/labels.jsonl (boxes, classes, attributes). With --vocab the
+    instructions are of every type the labels support, not only category and absent.
+    """
     from promptdet.data.formats import IMPORTERS
 
     if fmt not in IMPORTERS:
@@ -195,6 +235,10 @@ def convert(
     from promptdet.data.convert import convert as run_convert
 
     with user_errors():
+        if vocab is not None:
+            from promptdet.data.user_vocab import load_vocab
+
+            options["vocab"] = load_vocab(vocab)  # read before anything is imported or written
         report = run_convert(fmt, src, out, seed=seed, split=subset, templates=split, absent_rate=absent_rate,
                              copy_images=copy_images, images_root=images_root, overwrite=overwrite, **options)
     typer.echo(report.summary(), err=True)

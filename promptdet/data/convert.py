@@ -1,12 +1,15 @@
 """Convert a foreign dataset into the project's instruction JSONL (``promptdet data convert``).
 
 Writes ``out_dir/instructions.jsonl``. Its ``image`` fields are relative to ``out_dir``: a
-relative path to the source image, or ``images/...`` when the images are copied.
+relative path to the source image, or ``images/...`` when the images are copied. Formats with
+per-box labels (coco, yolo) also write ``out_dir/labels.jsonl``: the boxes with their classes and
+attributes, from which ``promptdet data instruct --vocab`` words instructions of every type.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 from collections import Counter
@@ -17,6 +20,8 @@ from typing import Any
 from promptdet.data.formats import get_importer
 from promptdet.data.formats.jsonl import write_pairs
 from promptdet.data.pairs import InstructionPair
+from promptdet.data.user_instruct import LABELS_NAME, user_instructions
+from promptdet.data.user_vocab import UserVocab
 
 OUT_NAME = "instructions.jsonl"
 
@@ -76,13 +81,26 @@ def _out_image(src_image: Path, out_dir: Path) -> str:
         return src_image.resolve().as_posix()
 
 
+def _labels_out(rec: dict, image: str, images_dir: Path) -> dict:
+    """A labels record under its written image name, its size read from the image where the labels lack it."""
+    from promptdet.data.formats.yolo import image_size_wh
+
+    width, height = rec["width"], rec["height"]
+    if width is None or height is None:
+        width, height = image_size_wh(images_dir / rec["image"])
+    return {**rec, "image": image, "width": width, "height": height}
+
+
 def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | None = None,
             templates: str = "train", absent_rate: float = 0.2, copy_images: bool = False,
-            images_root: Path | None = None, overwrite: bool = False, **options: Any) -> ConvertReport:
+            images_root: Path | None = None, overwrite: bool = False, vocab: UserVocab | None = None,
+            per_image: int = 6, **options: Any) -> ConvertReport:
     """Import ``src`` in format ``fmt`` and write ``out_dir/instructions.jsonl``.
 
     split: the dataset split to read where the format has one (refcoco, yolo); templates: the
     instruction template set ("train" or "test"). ``options`` go to the importer (odvg: label_map).
+    vocab: a dataset vocabulary; instead of category and absent pairs, ``per_image`` instructions
+    of every type the labels support are written (coco and yolo only).
     Pairs whose image file does not exist are left out and counted as ``image_missing`` (per image);
     if no image exists at all, that is an error, as images_root is then almost surely wrong.
     """
@@ -93,11 +111,14 @@ def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | N
             raise ValueError(f"the {fmt} importer takes no option {key!r}")
     out_dir = Path(out_dir)
     out_path = out_dir / OUT_NAME
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; choose another output folder or pass overwrite")
+    for existing in (out_path, out_dir / LABELS_NAME):
+        if existing.exists() and not overwrite:
+            raise FileExistsError(f"{existing} exists; choose another output folder or pass overwrite")
 
     result = importer(Path(src), images_root=images_root, seed=seed, split=split, templates=templates,
                       absent_rate=absent_rate, **options)
+    if vocab is not None and result.labels is None:
+        raise ValueError(f"--vocab needs per-box labels, which the {fmt} format does not have (use coco or yolo)")
     skipped = Counter(result.skipped)
     images_dir = Path(result.images_dir)
 
@@ -133,9 +154,20 @@ def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | N
         else:
             renamed[image] = _out_image(images_dir / image, out_dir)
 
-    written = [InstructionPair(renamed[p.image], p.instruction, p.boxes_xyxy, p.type, p.object_ids, p.extra)
-               for p in result.pairs if p.image in renamed]
+    labels = None
+    if result.labels is not None:
+        labels = [_labels_out(rec, renamed[rec["image"]], images_dir) for rec in result.labels if rec["image"] in renamed]
+    if vocab is not None:
+        written = list(user_instructions(labels, vocab, seed=seed, split=templates, per_image=per_image,
+                                         absent_rate=absent_rate, path=str(out_dir / LABELS_NAME)))
+    else:
+        written = [InstructionPair(renamed[p.image], p.instruction, p.boxes_xyxy, p.type, p.object_ids, p.extra)
+                   for p in result.pairs if p.image in renamed]
     write_pairs(written, out_path)
+    if labels is not None:
+        with (out_dir / LABELS_NAME).open("w", encoding="utf-8") as fh:
+            for rec in labels:
+                fh.write(json.dumps(rec) + "\n")
     return ConvertReport(
         out_path=out_path,
         pairs_by_type=dict(sorted(Counter(p.type for p in written).items())),

@@ -33,6 +33,7 @@ class ImportResult:
     skipped: dict[str, int]
     images_dir: Path
     num_images: int = 0
+    labels: list[dict] | None = None  # per image its boxes, classes and attributes (``labels_record``)
 
 
 @dataclass
@@ -41,24 +42,45 @@ class ImageLabels:
 
     boxes_xyxy: name -> kept boxes; object_ids: name -> their ids (same order), if the format has ids.
     present: every category with at least one annotation here, kept or skipped, so a category
-    whose only box was a crowd region is never offered as absent.
+    whose only box was a crowd region is never offered as absent. objects: the kept boxes in file
+    order, with their attributes. size_wh: the image's (width, height), if the source says.
     """
 
     image: str
     boxes_xyxy: dict[str, list[list[float]]] = field(default_factory=dict)
     object_ids: dict[str, list[int]] | None = None
     present: set[str] = field(default_factory=set)
+    objects: list[dict] = field(default_factory=list)
+    size_wh: tuple[int, int] | None = None
 
-    def add(self, name: str, box_xyxy: list[float] | None, object_id: int | None = None) -> None:
+    def add(self, name: str, box_xyxy: list[float] | None, object_id: int | None = None,
+            attributes: Sequence[str] = ()) -> None:
         """Record an annotation of ``name``; ``box_xyxy=None`` marks it present but unusable."""
         self.present.add(name)
         if box_xyxy is None:
             return
+        self.objects.append({"id": len(self.objects) if object_id is None else object_id, "category": name,
+                             "attributes": list(attributes), "bbox": list(box_xyxy)})
         self.boxes_xyxy.setdefault(name, []).append(box_xyxy)
         if object_id is not None:
             if self.object_ids is None:
                 self.object_ids = {}
             self.object_ids.setdefault(name, []).append(object_id)
+
+
+def labels_record(img: ImageLabels) -> dict:
+    """One line of ``labels.jsonl``: ``{"image", "width", "height", "objects": [{"id", "category",
+    "attributes", "bbox"}]}``, bbox as [x1, y1, x2, y2] pixels; width/height None when unknown."""
+    w, h = img.size_wh if img.size_wh else (None, None)
+    return {"image": img.image, "width": w, "height": h, "objects": img.objects}
+
+
+def attribute_name(value: Any, path: Path | str, where: str | int | None, field_name: str) -> str:
+    """A per-box attribute name: a non-empty string without commas or line breaks."""
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in ",\n\r"):
+        raise DataFormatError(str(path), where, field_name,
+                              f"an attribute name must be a non-empty string without commas, got {value!r}")
+    return value.strip()
 
 
 def check_options(absent_rate: float, templates: str) -> None:

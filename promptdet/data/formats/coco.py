@@ -9,12 +9,18 @@ Input (``instances_*.json``)::
 Per image: one ``category`` pair per category present, with all its boxes as ``[x1, y1, x2, y2]``
 and the annotation ids as ``object_ids``; ``absent`` pairs (no boxes) for categories not in it.
 Crowd regions and zero-area boxes are skipped and counted.
+
+An annotation may carry ``attributes``: a list of names (``["mono", "defective"]``), or a mapping
+in which ``true`` adds the key, ``false`` or null adds nothing, and a string adds the string
+(``{"defective": true, "type": "mono"}`` gives defective and mono). They go to
+``ImportResult.labels``, from which a dataset vocabulary makes instructions
+(``promptdet.data.user_vocab``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +29,11 @@ from promptdet.data.formats.base import (
     ImageLabels,
     ImportResult,
     as_dict,
+    attribute_name,
     category_pairs,
     check_options,
     default_images_dir,
+    labels_record,
     load_json,
     refuse_split,
     require,
@@ -43,16 +51,52 @@ class CocoAnnotation:
     category_id: int
     bbox_xyxy: list[float] | None
     iscrowd: bool
+    attributes: tuple[str, ...] = ()
 
 
 @dataclass
 class CocoData:
-    """images: id -> file_name and categories: id -> name, both in file order."""
+    """images: id -> file_name and categories: id -> name, both in file order; sizes: id -> (w, h)
+    for the images whose record gives both."""
 
     path: Path
     images: dict[int, str]
     categories: dict[int, str]
     annotations: list[CocoAnnotation]
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def read_attributes(value, path: Path, where: str) -> tuple[str, ...]:
+    """An annotation's ``attributes``: a list of names, or {name: bool} / {key: name}; see the module doc."""
+    if value is None:
+        return ()
+    names: list[str] = []
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            names.append(attribute_name(item, path, where, f"attributes[{i}]"))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            field_name = f"attributes.{key}"
+            if item is True:
+                names.append(attribute_name(key, path, where, field_name))
+            elif isinstance(item, str):
+                names.append(attribute_name(item, path, where, field_name))
+            elif item is not False and item is not None:
+                raise DataFormatError(str(path), where, field_name,
+                                      f"expected true, false or a name (a string), got {item!r}")
+    else:
+        raise DataFormatError(str(path), where, "attributes",
+                              f"expected a list of names or a mapping, got {value!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def _read_size(rec: dict) -> tuple[int, int] | None:
+    # Only spatial instructions use the size, and the image itself can tell it: an odd value
+    # here is ignored rather than refused, as it always was.
+    w, h = rec.get("width"), rec.get("height")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in (w, h)):
+        return None
+    return round(w), round(h)
 
 
 def load_coco(path: Path, need_categories: bool = True) -> CocoData:
@@ -66,6 +110,7 @@ def load_coco(path: Path, need_categories: bool = True) -> CocoData:
         require(data, key, list, path, None)
 
     images: dict[int, str] = {}
+    sizes: dict[int, tuple[int, int]] = {}
     for i, rec in enumerate(data["images"]):
         where = f"images[{i}]"
         image_id = require(rec, "id", int, path, where)
@@ -75,6 +120,9 @@ def load_coco(path: Path, need_categories: bool = True) -> CocoData:
         if image_id in images:
             raise DataFormatError(str(path), where, "id", f"duplicate image id {image_id}")
         images[image_id] = file_name
+        size = _read_size(rec)
+        if size is not None:
+            sizes[image_id] = size
 
     categories: dict[int, str] = {}
     for i, rec in enumerate(data.get("categories") or []):
@@ -98,8 +146,9 @@ def load_coco(path: Path, need_categories: bool = True) -> CocoData:
         crowd = rec.get("iscrowd", 0)
         if crowd not in (0, 1, True, False):
             raise DataFormatError(str(path), where, "iscrowd", f"expected 0 or 1, got {crowd!r}")
-        annotations.append(CocoAnnotation(ann_id, image_id, category_id, box, bool(crowd)))
-    return CocoData(path, images, categories, annotations)
+        attributes = read_attributes(rec.get("attributes"), path, where)
+        annotations.append(CocoAnnotation(ann_id, image_id, category_id, box, bool(crowd), attributes))
+    return CocoData(path, images, categories, annotations, sizes)
 
 
 def import_coco(src: Path, *, images_root: Path | None = None, seed: int = 0, split: str | None = None,
@@ -114,7 +163,8 @@ def import_coco(src: Path, *, images_root: Path | None = None, seed: int = 0, sp
     coco = load_coco(src)
     skipped: Counter = Counter()
 
-    labels = {image_id: ImageLabels(file_name) for image_id, file_name in coco.images.items()}
+    labels = {image_id: ImageLabels(file_name, size_wh=coco.sizes.get(image_id))
+              for image_id, file_name in coco.images.items()}
     for ann in coco.annotations:
         img = labels.get(ann.image_id)
         if img is None:
@@ -131,11 +181,12 @@ def import_coco(src: Path, *, images_root: Path | None = None, seed: int = 0, sp
             skipped["degenerate_box"] += 1
             img.add(name, None)
         else:
-            img.add(name, ann.bbox_xyxy, ann.id)
+            img.add(name, ann.bbox_xyxy, ann.id, ann.attributes)
 
     names = list(dict.fromkeys(coco.categories.values()))  # two ids may share a name
     rng = np.random.default_rng(seed)
     pairs = category_pairs(labels.values(), names, rng=rng, templates=templates, absent_rate=absent_rate,
                            skipped=skipped)
     images_dir = Path(images_root) if images_root is not None else default_images_dir(src.parent)
-    return ImportResult(pairs, as_dict(skipped), images_dir, len(coco.images))
+    return ImportResult(pairs, as_dict(skipped), images_dir, len(coco.images),
+                        [labels_record(img) for img in labels.values()])

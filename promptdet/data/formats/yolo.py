@@ -9,6 +9,10 @@ Layout (Ultralytics / Darknet)::
 
 A label path is its image path with the last ``images`` folder replaced by ``labels`` and the
 suffix by ``.txt``. An image without a label file is a background image (no objects).
+
+Per-box attributes, optional, go in a side file beside the label file, ``labels/.../a.attrs.txt``:
+line n holds the comma-separated attribute names of the box on line n of ``a.txt`` (``mono,
+defective``); an empty line means none. They go to ``ImportResult.labels``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from promptdet.data.formats.base import (
     ImageLabels,
     ImportResult,
     as_dict,
+    attribute_name,
     category_pairs,
     check_options,
+    labels_record,
 )
 from promptdet.data.pairs import DataFormatError
 from promptdet.limits import MAX_LABEL_LINES
@@ -33,6 +39,7 @@ from promptdet.limits import MAX_LABEL_LINES
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _FIELDS = ("class", "cx", "cy", "w", "h")
 _EXIF_ORIENTATION = 0x0112
+ATTRS_SUFFIX = ".attrs.txt"
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -122,6 +129,31 @@ def image_size_wh(path: Path) -> tuple[int, int]:
     return w, h
 
 
+def attrs_path(label: Path) -> Path:
+    """``labels/a.txt`` -> ``labels/a.attrs.txt``, the side file of its boxes' attributes."""
+    return label.with_name(label.stem + ATTRS_SUFFIX)
+
+
+def read_attrs_file(path: Path, label_lines: list[str]) -> list[tuple[str, ...]]:
+    """Attribute names per line of the label file (``()`` for a line without any)."""
+    if path.stat().st_size > MAX_LABEL_LINES * 256:
+        raise DataFormatError(str(path), None, None, f"{path.stat().st_size} bytes; an attributes file has at most "
+                              f"{MAX_LABEL_LINES} lines (promptdet.limits.MAX_LABEL_LINES)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out: list[tuple[str, ...]] = []
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            out.append(())
+            continue
+        if line_no > len(label_lines) or not label_lines[line_no - 1].strip():
+            raise DataFormatError(str(path), line_no, "attributes",
+                                  f"names attributes, but line {line_no} of {path.name[:-len(ATTRS_SUFFIX)]}.txt "
+                                  "holds no box (line n holds the attributes of the box on line n)")
+        names = [attribute_name(n, path, line_no, "attributes") for n in line.split(",")]
+        out.append(tuple(dict.fromkeys(names)))
+    return out + [()] * (len(label_lines) - len(out))
+
+
 def read_label_file(path: Path, image: Path, names: list[str], rel: str, skipped: Counter) -> ImageLabels:
     labels = ImageLabels(rel)
     if path.stat().st_size > MAX_LABEL_LINES * 64:  # a line is 'c cx cy w h': far under 64 bytes
@@ -130,6 +162,8 @@ def read_label_file(path: Path, image: Path, names: list[str], rel: str, skipped
     lines = path.read_text(encoding="utf-8").splitlines()
     if len(lines) > MAX_LABEL_LINES:
         raise DataFormatError(str(path), None, None, f"{len(lines)} lines; a label file is at most {MAX_LABEL_LINES}")
+    side = attrs_path(path)
+    attrs = read_attrs_file(side, lines) if side.is_file() else [()] * len(lines)
     size_wh: tuple[int, int] | None = None
     for line_no, line in enumerate(lines, 1):
         parts = line.split()
@@ -162,7 +196,9 @@ def read_label_file(path: Path, image: Path, names: list[str], rel: str, skipped
         if size_wh is None:
             size_wh = image_size_wh(image)
         iw, ih = size_wh
-        labels.add(names[cls], [(cx - w / 2) * iw, (cy - h / 2) * ih, (cx + w / 2) * iw, (cy + h / 2) * ih])
+        labels.add(names[cls], [(cx - w / 2) * iw, (cy - h / 2) * ih, (cx + w / 2) * iw, (cy + h / 2) * ih],
+                   attributes=attrs[line_no - 1])
+    labels.size_wh = size_wh
     return labels
 
 
@@ -205,9 +241,10 @@ def import_yolo(src: Path, *, images_root: Path | None = None, seed: int = 0, sp
     for d in image_dirs:
         label_dir = label_path(d / "x.jpg").parent
         if label_dir != d and label_dir.is_dir():
-            skipped["label_without_image"] += sum(1 for p in label_dir.rglob("*.txt") if p not in used_labels)
+            skipped["label_without_image"] += sum(1 for p in label_dir.rglob("*.txt")
+                                                  if p not in used_labels and not p.name.endswith(ATTRS_SUFFIX))
 
     rng = np.random.default_rng(seed)
     pairs = category_pairs(per_image, list(dict.fromkeys(names)), rng=rng, templates=templates,
                            absent_rate=absent_rate, skipped=skipped)
-    return ImportResult(pairs, as_dict(skipped), root, len(images))
+    return ImportResult(pairs, as_dict(skipped), root, len(images), [labels_record(img) for img in per_image])
