@@ -28,6 +28,9 @@ class Lexicon:
     absent and negated questions. defect_adj / defect_post hold an ``"any"`` entry ("defective",
     "with a defect"). *_post entries are (singular, plural) phrases said after the noun.
     line_words: whether sentence frames may mention the belt or the conveyor.
+    describe_by_defect: whether a spatial or size question may pick among the parts with a defect
+    ("the leftmost cracked cell"); off for the synthetic line, whose stored val/test files were
+    drawn without such questions.
     """
 
     categories: tuple[str, ...]
@@ -44,6 +47,7 @@ class Lexicon:
     not_defect_adj: Mapping[str, tuple[str, ...]]
     not_defect_post: Mapping[str, tuple[tuple[str, str], ...]]
     line_words: bool = True
+    describe_by_defect: bool = False
 
     @property
     def looks(self) -> tuple[str, ...]:

@@ -69,7 +69,7 @@ class UserVocab:
             not_defect_post={d: tuple(p for w in words[d] for p in ((f"that is not {w}", f"that are not {w}"),
                                                                      (f"which is not {w}", f"which are not {w}")))
                              for d in defects},
-            line_words=False,
+            line_words=False, describe_by_defect=True,
         )
 
 

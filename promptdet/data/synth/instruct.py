@@ -116,6 +116,9 @@ def _describe(rng, objects, lex, candidates_min: int = 2):
         options.append({"category": c})
     for col, c in _look_pairs(objects):
         options.append({"category": c, **lex.look_leaf(col)})
+    if lex.describe_by_defect:
+        for d, c in sorted({(d, o["category"]) for o in objects for d in o["defects"]}):
+            options.append({"category": c, "defect": d})
     if rng.random() < 0.15:
         options.append({})
     options = [s for s in options if sum(matches(o, s) for o in objects) >= candidates_min]
@@ -143,7 +146,8 @@ def _extreme_query(rng, objects, split, kind, size_wh, lex):
             if not (_area(big["bbox"]) >= SIZE_RATIO * _area(small["bbox"])
                     and big.get("visible_px", 1) >= SIZE_RATIO * small.get("visible_px", 0)):
                 continue
-        text = T.extreme_instruction(rng, split, extreme, select.get("category"), look_of(select), lex)
+        text = T.extreme_instruction(rng, split, extreme, select.get("category"), look_of(select), lex,
+                                     defect=select.get("defect"))
         return kind, {"select": select, "extreme": extreme}, [best], text
     return None
 
@@ -254,7 +258,7 @@ def _absent_query(rng, objects, split, mix: str = "default", lex: Lexicon = SYNT
         if cols:
             look = cols[int(rng.integers(len(cols)))]
             select = {"category": cat, **lex.look_leaf(look)}
-            return _absent(rng, split, select, kind, lex)
+            return _absent(rng, split, select, "color" if lex.is_color(look) else "type", lex)
     if kind == "defect" and lex.defects:
         if not present_defects and rng.random() < 0.4:
             return _absent(rng, split, {"defect": "any"}, kind, lex)

@@ -268,13 +268,13 @@ def category_instruction(name: str, rng: np.random.Generator, split: str = "trai
 
 
 def extreme_instruction(rng: np.random.Generator, split: str, extreme: str, category: str | None,
-                        color: str | None = None, lex: Lexicon = SYNTH) -> str:
+                        color: str | None = None, lex: Lexicon = SYNTH, defect: str | None = None) -> str:
     """One part picked by position or size: "the leftmost bolt", "the gear that is the largest"."""
     _check_split(split)
     adjs, posts = EXTREME_WORDS[extreme]
-    sg = noun_phrase(rng, category, color, None, plural=False, lex=lex)
+    sg = noun_phrase(rng, category, color, defect, plural=False, lex=lex)
     if extreme in ("largest", "smallest") and rng.random() < 0.25:
-        the = f"the {_choice(rng, adjs)} of the {noun_phrase(rng, category, color, None, plural=True, lex=lex)}"
+        the = f"the {_choice(rng, adjs)} of the {noun_phrase(rng, category, color, defect, plural=True, lex=lex)}"
     elif rng.random() < 0.55:
         the = f"the {_choice(rng, adjs)} {sg}"
     else:
