@@ -316,6 +316,33 @@ def test_generation_is_deterministic(vocab):
     assert runs[0] == runs[1] and runs[0]
 
 
+def leaf_categories(select: dict) -> list:
+    if "not" in select:
+        return leaf_categories(select["not"])
+    for op in ("any", "all"):
+        if op in select:
+            return [c for s in select[op] for c in leaf_categories(s)]
+    return [select.get("category")]
+
+
+def test_no_question_about_a_class_whose_box_was_dropped(tmp_path, vocab):
+    write_image(tmp_path / "images" / "a.jpg", 640, 480)
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 300, 300], "iscrowd": 1},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [400, 10, 50, 50], "iscrowd": 0,
+             "attributes": ["mono"]}]
+    anns += [{"id": 3 + i, "image_id": 1, "category_id": 2, "bbox": [350 + 60 * i, 300, 40 + 10 * i, 40],
+              "attributes": ["red", "defective"] if i else ["blue"]} for i in range(3)]
+    src = tmp_path / "instances.json"
+    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": anns,
+                               "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "busbar_clip"}]}))
+    (record,) = import_coco(src).labels
+    assert record["unlabelled"] == ["cell"] and len(record["objects"]) == 4
+    pairs = list(user_instructions([{**record, "width": 640, "height": 480}] * 30, vocab, per_image=8))
+    assert len(pairs) > 30
+    for p in pairs:  # the crowd region may hold cells of any kind: only the clips can be asked about
+        assert set(leaf_categories(p.extra["query"]["select"])) == {"busbar_clip"}, p.extra["query"]
+
+
 def test_unknown_attribute_names_the_box(vocab):
     labels = random_labels(np.random.default_rng(1), 3)
     labels[2]["objects"] = [{"id": 1, "category": "cell", "attributes": ["mono", "rusty"], "bbox": [0, 0, 9, 9]}]
@@ -363,6 +390,8 @@ def converted(tmp_path):
     (tmp_path / "vocab.yaml").write_text(VOCAB_YAML)
     (tmp_path / "bad.yaml").write_text("attributes: {mono: {kind: shape}}\n")
     (tmp_path / "partial.yaml").write_text("attributes: {mono: {kind: type}}\n")
+    (tmp_path / "synth").mkdir()  # a synthetic folder: scenes.jsonl, no labels.jsonl
+    (tmp_path / "synth" / "scenes.jsonl").write_text(json.dumps({"image": "a.jpg", "width": 9, "height": 9, "objects": []}))
     plain = tmp_path / "plain"  # labels whose attributes hold no defect
     convert("coco", coco_file(plain, [["mono"], ["poly"]]), plain / "out")
     return tmp_path, src
@@ -389,6 +418,7 @@ def test_cli_convert_and_instruct_with_a_vocabulary(converted):
     (["instruct", "{out}", "--vocab", "{tmp}/bad.yaml"], 1, "attributes.mono.kind: 'shape' is not one of"),
     (["instruct", "{out}", "--vocab", "{tmp}/partial.yaml"], 1, "'defective' is not in the vocabulary"),
     (["instruct", "{out}"], 1, "pass --vocab FILE"),
+    (["instruct", "{tmp}/synth", "--vocab", "{tmp}/vocab.yaml"], 2, "--vocab is for imported data"),
     (["convert", "{src}", "--from", "coco", "--out", "{tmp}/o2", "--vocab", "{tmp}/missing.yaml"], 1,
      "vocabulary file not found"),
 ])

@@ -56,6 +56,9 @@ def read_labels(path: str | Path) -> list[dict]:
             if not isinstance(attrs, list) or not all(isinstance(a, str) and a for a in attrs):
                 raise DataFormatError(str(path), n, f"{where}.attributes", f"expected a list of names, got {attrs!r}")
             validate_box(obj["bbox"], str(path), n, f"{where}.bbox")
+        unlabelled = rec.get("unlabelled", [])
+        if not isinstance(unlabelled, list) or not all(isinstance(c, str) for c in unlabelled):
+            raise DataFormatError(str(path), n, "unlabelled", f"expected a list of class names, got {unlabelled!r}")
         records.append(rec)
     return records
 
@@ -170,9 +173,25 @@ def user_instructions(labels: list[dict], vocab: UserVocab, *, seed: int = 0, sp
     scenes = to_scenes(labels, vocab, path)
     lex = lexicon_for(scenes, vocab)
     cycle = plan_types(scenes, lex, types)
-    for index, scene in enumerate(scenes):
-        yield from generate_instructions(scene, instruction_rng(seed, index), split, per_image, absent_rate,
-                                         types=cycle, lex=lex)
+    for index, (scene, record) in enumerate(zip(scenes, labels)):
+        unlabelled = set(record.get("unlabelled", ()))
+        for pair in generate_instructions(scene, instruction_rng(seed, index), split, per_image, absent_rate,
+                                          types=cycle, lex=lex):
+            if not unlabelled or _answerable(pair.extra["query"], unlabelled):
+                yield pair
+
+
+def _answerable(query: dict, unlabelled: set[str]) -> bool:
+    """Whether the kept boxes answer ``query`` although boxes of the ``unlabelled`` classes were
+    dropped (crowd regions, zero-area boxes): only when every leaf names a class, and none of those."""
+    def ok(select: dict) -> bool:
+        if "not" in select:
+            return ok(select["not"])
+        for op in ("any", "all"):
+            if op in select:
+                return all(ok(s) for s in select[op])
+        return bool(select.get("category")) and select["category"] not in unlabelled
+    return ok(query["select"]) and ok(query.get("ref_select") or {"category": "-"})
 
 
 def write_user_instructions(labels: list[dict], vocab: UserVocab, out: str | Path, **options) -> Counter:

@@ -44,6 +44,7 @@ class ImageLabels:
     present: every category with at least one annotation here, kept or skipped, so a category
     whose only box was a crowd region is never offered as absent. objects: the kept boxes in file
     order, with their attributes. size_wh: the image's (width, height), if the source says.
+    unusable: the categories of the annotations that were not kept.
     """
 
     image: str
@@ -52,12 +53,14 @@ class ImageLabels:
     present: set[str] = field(default_factory=set)
     objects: list[dict] = field(default_factory=list)
     size_wh: tuple[int, int] | None = None
+    unusable: set[str] = field(default_factory=set)
 
     def add(self, name: str, box_xyxy: list[float] | None, object_id: int | None = None,
             attributes: Sequence[str] = ()) -> None:
         """Record an annotation of ``name``; ``box_xyxy=None`` marks it present but unusable."""
         self.present.add(name)
         if box_xyxy is None:
+            self.unusable.add(name)
             return
         self.objects.append({"id": len(self.objects) if object_id is None else object_id, "category": name,
                              "attributes": list(attributes), "bbox": list(box_xyxy)})
@@ -70,9 +73,11 @@ class ImageLabels:
 
 def labels_record(img: ImageLabels) -> dict:
     """One line of ``labels.jsonl``: ``{"image", "width", "height", "objects": [{"id", "category",
-    "attributes", "bbox"}]}``, bbox as [x1, y1, x2, y2] pixels; width/height None when unknown."""
+    "attributes", "bbox"}], "unlabelled": [class, ...]}``, bbox as [x1, y1, x2, y2] pixels;
+    width/height None when unknown. unlabelled: classes with a box here that is not kept (a crowd
+    region, a zero-area box), so no question about that class can be answered from the kept boxes."""
     w, h = img.size_wh if img.size_wh else (None, None)
-    return {"image": img.image, "width": w, "height": h, "objects": img.objects}
+    return {"image": img.image, "width": w, "height": h, "objects": img.objects, "unlabelled": sorted(img.unusable)}
 
 
 def attribute_name(value: Any, path: Path | str, where: str | int | None, field_name: str) -> str:
