@@ -392,6 +392,7 @@ def converted(tmp_path):
     (tmp_path / "partial.yaml").write_text("attributes: {mono: {kind: type}}\n")
     (tmp_path / "synth").mkdir()  # a synthetic folder: scenes.jsonl, no labels.jsonl
     (tmp_path / "synth" / "scenes.jsonl").write_text(json.dumps({"image": "a.jpg", "width": 9, "height": 9, "objects": []}))
+    coco_file(tmp_path / "bad", [["mono"], "mono"])
     plain = tmp_path / "plain"  # labels whose attributes hold no defect
     convert("coco", coco_file(plain, [["mono"], ["poly"]]), plain / "out")
     return tmp_path, src
@@ -421,6 +422,8 @@ def test_cli_convert_and_instruct_with_a_vocabulary(converted):
     (["instruct", "{tmp}/synth", "--vocab", "{tmp}/vocab.yaml"], 2, "--vocab is for imported data"),
     (["convert", "{src}", "--from", "coco", "--out", "{tmp}/o2", "--vocab", "{tmp}/missing.yaml"], 1,
      "vocabulary file not found"),
+    (["convert", "{tmp}/bad/instances.json", "--from", "coco", "--out", "{tmp}/o3"], 1,
+     "instances.json (annotations[1]): field 'attributes': expected a list of names or a mapping"),
 ])
 def test_cli_errors_are_one_line(converted, args, code, needle):
     tmp, src = converted
