@@ -22,7 +22,12 @@ from promptdet.data.formats.coco import import_coco
 from promptdet.data.formats.yolo import import_yolo
 from promptdet.data.pairs import DataFormatError
 from promptdet.data.synth.instruct import ALL_TYPES
-from promptdet.data.user_instruct import plan_types, read_labels, to_scenes, user_instructions
+from promptdet.data.user_instruct import (
+    plan_types,
+    read_labels,
+    to_scenes,
+    user_instructions,
+)
 from promptdet.data.user_vocab import load_vocab, parse_vocab
 from promptdet.errors import UsageError
 
@@ -420,6 +425,7 @@ def test_cli_convert_and_instruct_with_a_vocabulary(converted):
     (["instruct", "{out}", "--vocab", "{tmp}/partial.yaml"], 1, "'defective' is not in the vocabulary"),
     (["instruct", "{out}"], 1, "pass --vocab FILE"),
     (["instruct", "{tmp}/synth", "--vocab", "{tmp}/vocab.yaml"], 2, "--vocab is for imported data"),
+    (["instruct", "{tmp}/nowhere", "--vocab", "{tmp}/vocab.yaml"], 1, "no labels.jsonl at"),
     (["convert", "{src}", "--from", "coco", "--out", "{tmp}/o2", "--vocab", "{tmp}/missing.yaml"], 1,
      "vocabulary file not found"),
     (["convert", "{tmp}/bad/instances.json", "--from", "coco", "--out", "{tmp}/o3"], 1,

@@ -149,11 +149,18 @@ VocabOpt = Annotated[Path, typer.Option("--vocab", help="Dataset vocabulary YAML
                                                         "attribute's kind (defect, color, type). See README.")]
 
 
-def _is_imported(path: Path) -> bool:
-    """An imported folder (labels.jsonl, from data convert) rather than synthetic scenes."""
+def _is_synthetic(path: Path) -> bool:
+    return (path / "scenes.jsonl").is_file() if path.is_dir() else path.name == "scenes.jsonl"
+
+
+def _is_imported(path: Path, asked: bool) -> bool:
+    """Imported labels (labels.jsonl, from data convert) rather than synthetic scenes; ``asked``: the
+    user gave --vocab or --types, so a path that holds neither is reported as missing labels."""
+    if _is_synthetic(path):
+        return False
     if path.is_dir():
-        return (path / "labels.jsonl").is_file() and not (path / "scenes.jsonl").is_file()
-    return path.name == "labels.jsonl"
+        return asked or (path / "labels.jsonl").is_file()
+    return asked or path.name == "labels.jsonl"
 
 
 @app.command()
@@ -177,7 +184,7 @@ def instruct(
     with user_errors():
         root = scenes if scenes.is_dir() else scenes.parent
         target = out or root / "instructions.jsonl"
-        if _is_imported(scenes):
+        if _is_imported(scenes, vocab is not None or types is not None):
             from promptdet.data.user_instruct import (
                 parse_types,
                 read_labels,
