@@ -77,7 +77,9 @@ def labels_record(img: ImageLabels) -> dict:
     width/height None when unknown. unlabelled: classes with a box here that is not kept (a crowd
     region, a zero-area box), so no question about that class can be answered from the kept boxes."""
     w, h = img.size_wh if img.size_wh else (None, None)
-    return {"image": img.image, "width": w, "height": h, "objects": img.objects, "unlabelled": sorted(img.unusable)}
+    # Rounded as instructions.jsonl rounds its boxes, so the two files agree to the digit.
+    objects = [{**o, "bbox": [round(float(v), 2) for v in o["bbox"]]} for o in img.objects]
+    return {"image": img.image, "width": w, "height": h, "objects": objects, "unlabelled": sorted(img.unusable)}
 
 
 def attribute_name(value: Any, path: Path | str, where: str | int | None, field_name: str) -> str:
