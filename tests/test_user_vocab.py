@@ -315,6 +315,16 @@ def test_wording_uses_the_users_words_and_the_split(generated):
     assert len(texts["train"] & texts["test"]) < 0.01 * len(texts["test"])  # disjoint sentence frames
 
 
+def test_typos_never_touch_a_users_colour_words():
+    from promptdet.data.synth import templates as T
+
+    lex = parse_vocab({"attributes": {"teal": {"kind": "color", "synonyms": ["sea green"]}}}).lexicon(["cell"])
+    rng = np.random.default_rng(0)
+    texts = [T._finish(rng, "find every teal cell and sea green panel", typo_rate=1.0, lex=lex) for _ in range(300)]
+    assert all(("teal" in t and "sea green" in t) for t in texts)
+    assert any("cell" not in t or "panel" not in t or "find" not in t.lower() for t in texts)  # typos did happen
+
+
 def test_generation_is_deterministic(vocab):
     labels = random_labels(np.random.default_rng(5), 10)
     runs = [[p.to_record() for p in user_instructions(labels, vocab, seed=4)] for _ in range(2)]

@@ -64,6 +64,12 @@ class Lexicon:
         """The looks of ``options`` of the same kind as ``look`` ("red or blue", never "red or mono")."""
         return [o for o in options if self.is_color(o) == self.is_color(look)]
 
+    @property
+    def color_tokens(self) -> frozenset[str]:
+        """The words of colour phrases, lower-cased: a typo must not hide a colour from the hue rule
+        of the augmentation (``transforms.names_colour``), or a hue shift could falsify the text."""
+        return frozenset(t.lower() for c in self.colors for w in self.look_words[c] for t in w.split())
+
     def frames(self, frames: tuple[str, ...]) -> tuple[str, ...]:
         return frames if self.line_words else tuple(f for f in frames if not _LINE_WORDS.search(f))
 

@@ -99,7 +99,7 @@ def jargon_np(rng, category: str | None, passing: bool, plural: bool, lex: Lexic
 
 
 def _set_frame(rng, split: str, np_pl: str, np_sg: str, lex: Lexicon = SYNTH) -> str:
-    return T._finish(rng, _choice(rng, lex.frames(T.SET_FRAMES[split])).format(np=np_pl, np_sg=np_sg))
+    return T._finish(rng, _choice(rng, lex.frames(T.SET_FRAMES[split])).format(np=np_pl, np_sg=np_sg), lex=lex)
 
 
 def negation_instruction(rng, split: str, category: str | None, defect: str | None = None,
@@ -114,7 +114,7 @@ def negation_instruction(rng, split: str, category: str | None, defect: str | No
         frame = _choice(rng, frames)
         col = _choice(rng, lex.look_words[color])
         return T._finish(rng, frame.format(np=_head(rng, category, True, lex), np_sg=_head(rng, category, False, lex),
-                                           col=col))
+                                           col=col), lex=lex)
     return _set_frame(rng, split, good_np(rng, category, defect, True, lex), good_np(rng, category, defect, False, lex),
                       lex)
 
@@ -126,7 +126,7 @@ def exclusion_instruction(rng, split: str, category: str, color: str | None = No
     word_sg, word_pl = _choice(rng, ALL_WORDS)
     return T._finish(rng, frame.format(np=T.noun_phrase(rng, category, color, None, True, lex=lex),
                                        np_sg=T.noun_phrase(rng, category, color, None, False, lex=lex),
-                                       all=word_pl, all_sg=word_sg))
+                                       all=word_pl, all_sg=word_sg), lex=lex)
 
 
 def _either(rng, words: list[str], joiner: str) -> str:

@@ -256,7 +256,7 @@ def set_instruction(rng: np.random.Generator, split: str, category: str | None, 
     frame = _choice(rng, lex.frames(SET_FRAMES[split]))
     text = frame.format(np=noun_phrase(rng, category, color, defect, True, noun, lex),
                         np_sg=noun_phrase(rng, category, color, defect, False, noun, lex))
-    return _finish(rng, text)
+    return _finish(rng, text, lex=lex)
 
 
 def category_instruction(name: str, rng: np.random.Generator, split: str = "train") -> str:
@@ -279,7 +279,7 @@ def extreme_instruction(rng: np.random.Generator, split: str, extreme: str, cate
         the = f"the {_choice(rng, adjs)} {sg}"
     else:
         the = f"the {sg} {_choice(rng, posts)}"
-    return _finish(rng, _choice(rng, lex.frames(SINGLE_FRAMES[split])).format(the=the))
+    return _finish(rng, _choice(rng, lex.frames(SINGLE_FRAMES[split])).format(the=the), lex=lex)
 
 
 def relation_instruction(rng: np.random.Generator, split: str, relation: str, category: str | None,
@@ -290,7 +290,7 @@ def relation_instruction(rng: np.random.Generator, split: str, relation: str, ca
     ref = noun_phrase(rng, ref_category, ref_color, None, plural=False, lex=lex)
     link = _choice(rng, ("", "that is ", "which is ")) if rng.random() < 0.3 else ""
     the = f"the {target} {link}{_choice(rng, RELATION_WORDS[relation])} the {ref}"
-    return _finish(rng, _choice(rng, lex.frames(SINGLE_FRAMES[split])).format(the=the))
+    return _finish(rng, _choice(rng, lex.frames(SINGLE_FRAMES[split])).format(the=the), lex=lex)
 
 
 def count_instruction(rng: np.random.Generator, split: str, op: str, n: int, category: str | None,
@@ -302,13 +302,13 @@ def count_instruction(rng: np.random.Generator, split: str, op: str, n: int, cat
     text = _choice(rng, lex.frames(COUNT_FRAMES[split])).format(
         np=noun_phrase(rng, category, color, None, True, lex=lex),
         np_sg=noun_phrase(rng, category, color, None, False, lex=lex), cmp=cmp)
-    return _finish(rng, text)
+    return _finish(rng, text, lex=lex)
 
 
-def _finish(rng: np.random.Generator, text: str, typo_rate: float = 0.05) -> str:
+def _finish(rng: np.random.Generator, text: str, typo_rate: float = 0.05, lex: Lexicon = SYNTH) -> str:
     """Surface variation: capitalisation, a trailing full stop, and now and then one typo."""
     if rng.random() < typo_rate:
-        text = _typo(rng, text)
+        text = _typo(rng, text, lex.color_tokens)
     if rng.random() < 0.3 and text[0].islower():
         text = text[0].upper() + text[1:]
     if rng.random() < 0.1 and text[-1] not in ".?":
@@ -316,9 +316,11 @@ def _finish(rng: np.random.Generator, text: str, typo_rate: float = 0.05) -> str
     return text
 
 
-def _typo(rng: np.random.Generator, text: str) -> str:
+def _typo(rng: np.random.Generator, text: str, protected: frozenset[str] = frozenset()) -> str:
+    """One typo in a word that no rule reads; ``protected``: more such words (a user's colours)."""
     words = text.split(" ")
-    candidates = [i for i, w in enumerate(words) if len(w) >= 4 and w.isalpha() and not _PROTECTED.search(w)]
+    candidates = [i for i, w in enumerate(words)
+                  if len(w) >= 4 and w.isalpha() and not _PROTECTED.search(w) and w.lower() not in protected]
     if not candidates:
         return text
     i = _choice(rng, candidates)
