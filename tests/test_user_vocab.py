@@ -390,6 +390,17 @@ def test_an_unsupported_type_is_refused_with_the_reason(yaml_text, kind, reason)
     assert kind not in plan_types(scenes, vocab.lexicon(["cell"]), None)  # nor offered by default
 
 
+def test_an_asked_type_without_a_clear_answer_is_refused(vocab):
+    # A grid of equal cells: no largest cell, no cell named uniquely, so neither question is clear.
+    labels = [{"image": "m.jpg", "width": 400, "height": 300, "unlabelled": [], "objects": [
+        {"id": 4 * r + c, "category": "cell", "attributes": ["mono"], "bbox": [100 * c, 100 * r, 100 * c + 96, 100 * r + 96]}
+        for r in range(3) for c in range(4)]}]
+    for kind, reason in (("superlative", "clearly largest or smallest"), ("relation", "named uniquely")):
+        with pytest.raises(UsageError, match=f"cannot make {kind} instructions: no .*{reason}"):
+            user_instructions(labels, vocab, types={"category": 1, kind: 1})
+    assert {p.type for p in user_instructions(labels, vocab, types={"category": 1})} <= {"category", "absent"}
+
+
 # ---- the command line ----
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -158,8 +158,8 @@ def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | N
     if result.labels is not None:
         labels = [_labels_out(rec, renamed[rec["image"]], images_dir) for rec in result.labels if rec["image"] in renamed]
     if vocab is not None:
-        written = list(user_instructions(labels, vocab, seed=seed, split=templates, per_image=per_image,
-                                         absent_rate=absent_rate, path=str(out_dir / LABELS_NAME)))
+        written = user_instructions(labels, vocab, seed=seed, split=templates, per_image=per_image,
+                                    absent_rate=absent_rate, path=str(out_dir / LABELS_NAME))
     else:
         written = [InstructionPair(renamed[p.image], p.instruction, p.boxes_xyxy, p.type, p.object_ids, p.extra)
                    for p in result.pairs if p.image in renamed]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from promptdet.data.formats.jsonl import iter_jsonl, write_pairs
 from promptdet.data.lexicon import Lexicon, looks_of
-from promptdet.data.pairs import DataFormatError, validate_box
+from promptdet.data.pairs import DataFormatError, InstructionPair, validate_box
 from promptdet.data.synth.instruct import ALL_TYPES, generate_instructions
 from promptdet.data.user_vocab import UserVocab
 from promptdet.errors import UsageError
@@ -164,8 +164,12 @@ def plan_types(scenes: list[dict], lex: Lexicon, weights: dict[str, int] | None)
 
 def user_instructions(labels: list[dict], vocab: UserVocab, *, seed: int = 0, split: str = "train",
                       per_image: int = 6, absent_rate: float = 0.2, types: dict[str, int] | None = None,
-                      path: str = LABELS_NAME):
-    """Instruction pairs for imported labels (image paths as in ``labels``), one rng stream per image."""
+                      path: str = LABELS_NAME) -> list[InstructionPair]:
+    """Instruction pairs for imported labels (image paths as in ``labels``), one rng stream per image.
+
+    A type asked for in ``types`` that no image can answer clearly (no clear leftmost box, no
+    uniquely named reference, ...) is a UsageError, not a file silently without it.
+    """
     from promptdet.data.synth.generate import instruction_rng
 
     if not 0.0 <= absent_rate < 1.0 or math.isnan(absent_rate):
@@ -173,12 +177,27 @@ def user_instructions(labels: list[dict], vocab: UserVocab, *, seed: int = 0, sp
     scenes = to_scenes(labels, vocab, path)
     lex = lexicon_for(scenes, vocab)
     cycle = plan_types(scenes, lex, types)
+    pairs = []
     for index, (scene, record) in enumerate(zip(scenes, labels)):
         unlabelled = set(record.get("unlabelled", ()))
-        for pair in generate_instructions(scene, instruction_rng(seed, index), split, per_image, absent_rate,
-                                          types=cycle, lex=lex):
-            if not unlabelled or _answerable(pair.extra["query"], unlabelled):
-                yield pair
+        pairs += [pair for pair in generate_instructions(scene, instruction_rng(seed, index), split, per_image,
+                                                         absent_rate, types=cycle, lex=lex)
+                  if not unlabelled or _answerable(pair.extra["query"], unlabelled)]
+    made = {p.type for p in pairs} | {p.extra["query"].get("absent") for p in pairs}
+    for kind in types or ():
+        if kind not in made:
+            raise UsageError(f"cannot make {kind} instructions: {_NONE_CLEAR.get(kind, 'no image gave one')}")
+    return pairs
+
+
+# Why an asked type can come out empty although plan_types let it through: its answer is never clear.
+_NONE_CLEAR = {
+    "spatial": "no two boxes of a group are far enough apart for a clear leftmost, rightmost, topmost or "
+               "bottommost one (a margin of 4% of the image)",
+    "superlative": "no group of boxes has a clearly largest or smallest one (1.3 times the area of the next)",
+    "relation": "no box is named uniquely (the only one of its class, or of its colour or type in its class) "
+                "with exactly one box of a class clearly on one side of it",
+}
 
 
 def _answerable(query: dict, unlabelled: set[str]) -> bool:
@@ -197,7 +216,7 @@ def _answerable(query: dict, unlabelled: set[str]) -> bool:
 def write_user_instructions(labels: list[dict], vocab: UserVocab, out: str | Path, **options) -> Counter:
     """Write ``out`` (instructions.jsonl) for imported labels; returns pairs per type."""
     counts: Counter = Counter()
-    pairs = list(user_instructions(labels, vocab, **options))  # all checks pass before a file is touched
+    pairs = user_instructions(labels, vocab, **options)  # all checks pass before a file is touched
     for pair in pairs:
         counts[pair.type] += 1
     write_pairs(pairs, out)
