@@ -449,6 +449,8 @@ def test_cli_convert_and_instruct_with_a_vocabulary(converted):
     (["instruct", "{tmp}/nowhere", "--vocab", "{tmp}/vocab.yaml"], 1, "no labels.jsonl at"),
     (["convert", "{src}", "--from", "coco", "--out", "{tmp}/o2", "--vocab", "{tmp}/missing.yaml"], 1,
      "vocabulary file not found"),
+    (["convert", "{src}", "--from", "coco", "--out", "{tmp}/o4", "--vocab", "{tmp}/partial.yaml"], 1,
+     "instances.json (image a.jpg): field 'objects[0].attributes': 'defective' is not in the vocabulary"),
     (["convert", "{tmp}/bad/instances.json", "--from", "coco", "--out", "{tmp}/o3"], 1,
      "instances.json (annotations[1]): field 'attributes': expected a list of names or a mapping"),
 ])

@@ -20,7 +20,7 @@ from typing import Any
 from promptdet.data.formats import get_importer
 from promptdet.data.formats.jsonl import write_pairs
 from promptdet.data.pairs import InstructionPair
-from promptdet.data.user_instruct import LABELS_NAME, user_instructions
+from promptdet.data.user_instruct import LABELS_NAME, to_scenes, user_instructions
 from promptdet.data.user_vocab import UserVocab
 
 OUT_NAME = "instructions.jsonl"
@@ -117,8 +117,10 @@ def convert(fmt: str, src: Path, out_dir: Path, *, seed: int = 0, split: str | N
 
     result = importer(Path(src), images_root=images_root, seed=seed, split=split, templates=templates,
                       absent_rate=absent_rate, **options)
-    if vocab is not None and result.labels is None:
-        raise ValueError(f"--vocab needs per-box labels, which the {fmt} format does not have (use coco or yolo)")
+    if vocab is not None:
+        if result.labels is None:
+            raise ValueError(f"--vocab needs per-box labels, which the {fmt} format does not have (use coco or yolo)")
+        to_scenes(result.labels, vocab, str(src), by_image=True)  # every attribute declared, before any copy
     skipped = Counter(result.skipped)
     images_dir = Path(result.images_dir)
 

@@ -63,7 +63,7 @@ def read_labels(path: str | Path) -> list[dict]:
     return records
 
 
-def scene_objects(record: dict, vocab: UserVocab, path: str = LABELS_NAME, line: int | None = None) -> list[dict]:
+def scene_objects(record: dict, vocab: UserVocab, path: str = LABELS_NAME, line: int | str | None = None) -> list[dict]:
     """A labels record's boxes as scene objects (``id, category, color, types, defects, bbox``).
 
     An attribute the vocabulary does not declare, or two colours on one box, is a DataFormatError
@@ -92,10 +92,15 @@ def scene_objects(record: dict, vocab: UserVocab, path: str = LABELS_NAME, line:
     return objects
 
 
-def to_scenes(labels: list[dict], vocab: UserVocab, path: str = LABELS_NAME) -> list[dict]:
-    """Labels records -> scenes (``image, width, height, objects``) that the instruction builders read."""
+def to_scenes(labels: list[dict], vocab: UserVocab, path: str = LABELS_NAME, by_image: bool = False) -> list[dict]:
+    """Labels records -> scenes (``image, width, height, objects``) that the instruction builders read.
+
+    Errors name the record by its line in ``path``, or with ``by_image`` by its image (``path`` is
+    then the source the labels were imported from).
+    """
     return [{"image": rec["image"], "width": rec["width"], "height": rec["height"],
-             "objects": scene_objects(rec, vocab, path, n)} for n, rec in enumerate(labels, 1)]
+             "objects": scene_objects(rec, vocab, path, f"image {rec['image']}" if by_image else n)}
+            for n, rec in enumerate(labels, 1)]
 
 
 def lexicon_for(scenes: list[dict], vocab: UserVocab) -> Lexicon:
