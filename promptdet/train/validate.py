@@ -82,7 +82,7 @@ def order_invariance(model, encoder, pairs: list[InstructionPair], images_root: 
             mixed_prompts = extra[:2] + [prompt] + extra[2:]
             mixed = model(x, *encode_prompt_grid(encoder, [mixed_prompts], device))
             a = _final_scores(alone, 0)
-            b = _final_scores(mixed, 2)
+            b = _final_scores(mixed, len(extra[:2]))  # fewer than two other prompts: it is not third
             worst = max(worst, float((a - b).abs().max()))
     return worst
 
