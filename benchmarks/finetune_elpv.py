@@ -12,7 +12,7 @@ Phases (progress and timings on stderr, everything under --out, a summary in OUT
 2. ``promptdet data convert --from coco ... --vocab benchmarks/elpv_vocab.yaml`` per split (test
    with the held-out wordings), ``promptdet data instruct`` for more training instructions, and a
    dataset YAML OUT/elpv.yaml.
-3. The bundled model scored before: AP50 per instruction type on the test modules, the defect
+3. The starting model (the bundled one by default) scored before: AP50 per instruction type on the test modules, the defect
    question ("defective cells"), "all cells", the share of clean modules that get a box for the
    defect question, and the synthetic test split.
 4. ``promptdet train --weights <bundled> --data OUT/elpv.yaml --replay <synthetic>`` (and, for
@@ -279,7 +279,8 @@ def main(argv=None) -> int:
     log(f"modules: {json.dumps(summary['data'])}")
     data = phase("convert", convert, args, out)
     synth = phase("synthetic", synthetic, args, out)
-    summary["models"]["before"] = phase("score bundled", evaluate_model, "before", None, args, out, data, synth)
+    summary["models"]["before"] = phase("score the starting model", evaluate_model, "before", args.weights, args, out,
+                                        data, synth)
     runs = [("no_replay", None)] if args.no_replay else [("replay", synth)]
     if not args.no_replay and not args.skip_no_replay:
         runs.append(("no_replay", None))
