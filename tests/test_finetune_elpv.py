@@ -40,6 +40,15 @@ def fake_cells(n: int = 480, px: int = 16):
     return cells, images
 
 
+def test_without_the_package_one_line_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "elpv_dataset", None)
+    monkeypatch.setitem(sys.modules, "elpv_dataset.utils", None)
+    with pytest.raises(SystemExit) as err:
+        E.load_elpv()
+    message = str(err.value)
+    assert message.startswith("error: ") and "pip install elpv-dataset" in message and "\n" not in message
+
+
 def test_usable_cells_leave_out_reserved_and_undecided():
     cells, _ = fake_cells()
     usable = E.usable_cells(cells)
