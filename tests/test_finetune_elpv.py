@@ -179,3 +179,4 @@ def test_a_tiny_finetune_runs_end_to_end(tmp_path, monkeypatch, save_tiny_checkp
     import promptdet
 
     assert promptdet.load(out / "runs" / "no_replay").cfg.imgsz == 64
+
