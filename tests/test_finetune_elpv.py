@@ -180,3 +180,23 @@ def test_a_tiny_finetune_runs_end_to_end(tmp_path, monkeypatch, save_tiny_checkp
 
     assert promptdet.load(out / "runs" / "no_replay").cfg.imgsz == 64
 
+
+
+def test_the_anchor_dataset_has_a_yolo_label_per_cell(tmp_path):
+    A = _load("elpv_anchor")
+    cells, images = fake_cells()
+    modules = E.plan_modules(E.usable_cells(cells)[:60], "train", seed=0, clean_share=0.3)
+    E.write_coco(tmp_path / "coco", modules, images, cell_px=16, gap=2)
+    data = A.write_yolo_dataset({"train": tmp_path / "coco", "val": tmp_path / "coco"}, tmp_path / "yolo")
+    assert "names:" in data.read_text()
+    coco = json.loads((tmp_path / "coco" / "instances.json").read_text())
+    for im in coco["images"]:
+        assert (tmp_path / "yolo" / "train" / "images" / im["file_name"]).is_file()
+        rows = [r.split() for r in (tmp_path / "yolo" / "train" / "labels" / im["file_name"].replace(".png", ".txt"))
+                .read_text().split("\n") if r]
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+        assert [int(r[0]) for r in rows] == [int("defective" in a["attributes"]) for a in anns]
+        for r, a in zip(rows, anns):
+            x, y, w, h = a["bbox"]
+            cx, cy, bw, bh = map(float, r[1:])
+            assert cx * im["width"] == pytest.approx(x + w / 2, abs=1e-3) and bh * im["height"] == pytest.approx(h, abs=1e-3)
