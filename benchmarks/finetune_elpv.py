@@ -150,6 +150,18 @@ def synthetic(args, out: Path) -> Path | None:
     """The synthetic base data: rendered into OUT/synthetic for --replay auto (and for its test split)."""
     need_train = not args.no_replay and args.replay == "auto"
     if args.replay != "auto":
+        from promptdet.config import ConfigError
+        from promptdet.data.sources import resolve_dataset
+
+        try:
+            cfg = resolve_dataset(args.replay)
+        except ConfigError as e:
+            raise SystemExit(f"error: --replay: {e}") from None
+        for split in ("train", "test"):
+            for src in getattr(cfg, split):
+                if not cfg.source_path(src).exists():
+                    raise SystemExit(f"error: --replay {args.replay}: its {split} data {cfg.source_path(src)} is missing; "
+                                     f"make it with its regenerate commands, or use --replay auto")
         return Path(args.replay)
     if not need_train and args.skip_synthetic:
         return None
@@ -284,8 +296,8 @@ def main(argv=None) -> int:
 
     summary["data"] = phase("modules", prepare_modules, args, out)
     log(f"modules: {json.dumps(summary['data'])}")
-    data = phase("convert", convert, args, out)
     synth = phase("synthetic", synthetic, args, out)
+    data = phase("convert", convert, args, out)
     summary["models"]["before"] = phase("score the starting model", evaluate_model, "before", args.weights, args, out,
                                         data, synth)
     runs = [("no_replay", None)] if args.no_replay else [("replay", synth)]
