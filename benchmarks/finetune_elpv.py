@@ -12,7 +12,7 @@ Phases (progress and timings on stderr, everything under --out, a summary in OUT
 2. ``promptdet data convert --from coco ... --vocab benchmarks/elpv_vocab.yaml`` per split (test
    with the held-out wordings), ``promptdet data instruct`` for more training instructions, and a
    dataset YAML OUT/elpv.yaml.
-3. The bundled model scored before: AP50 per instruction type on the test modules, the defect
+3. The starting model (the bundled one by default) scored before: AP50 per instruction type on the test modules, the defect
    question ("defective cells"), "all cells", the share of clean modules that get a box for the
    defect question, and the synthetic test split.
 4. ``promptdet train --weights <bundled> --data OUT/elpv.yaml --replay <synthetic>`` (and, for
@@ -84,7 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--train-only", default="", help="Train only these top-level modules (promptdet train --train-only).")
     t.add_argument("--device", default="cpu")
     t.add_argument("--replay", default="auto",
-                   help="Base data replayed while fine-tuning: a dataset YAML, or 'auto' (render synthetic scenes into OUT).")
+                   help="Base data replayed while fine-tuning, whose test split is also scored: a dataset YAML "
+                        "(e.g. datasets/inspection.yaml once data/inspection is rendered), or 'auto': render "
+                        "--replay-scenes training and --synthetic-test test scenes into OUT/synthetic.")
     t.add_argument("--replay-ratio", type=float, default=0.3, help="Share of the samples drawn from --replay.")
     t.add_argument("--replay-scenes", type=int, default=1000, help="Synthetic training scenes rendered for --replay auto.")
     t.add_argument("--no-replay", action="store_true", help="Fine-tune without replay only.")
@@ -95,7 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     e.add_argument("--conf", type=float, default=0.25, help="Threshold for the clean-module share and recall.")
     e.add_argument("--defect-prompt", default="defective cells", help="The defect question.")
     e.add_argument("--all-prompt", default="all cells", help="The all-cells question.")
-    e.add_argument("--synthetic-test", type=int, default=300, help="Synthetic test scenes (seed 2, held-out wordings).")
+    e.add_argument("--synthetic-test", type=int, default=100,
+                   help="Synthetic test scenes for --replay auto (seed 2, held-out wordings; few, as every model is "
+                        "scored on them on a CPU).")
     args = p.parse_args(argv)
     if args.skip_synthetic:
         args.skip_no_replay = True
@@ -110,14 +114,17 @@ def prepare_modules(args, out: Path) -> dict:
     stats = {"cells": len(cells), "undecided_left_out": sum(c.undecided for c in cells),
              "reserved_left_out": sum(E.is_reserved(c.number) for c in cells), "usable": len(usable)}
     for split, of_split in splits.items():
-        modules = E.plan_modules(of_split, split, seed=args.seed + len(split),
+        modules = E.plan_modules(of_split, split, seed=args.seed * 3 + ("train", "val", "test").index(split),
                                  clean_share=args.clean_share, repeats=args.train_repeats if split == "train" else 1)
         if args.max_modules:
             clean = [m for m in modules if m.clean][: max(1, args.max_modules // 3)]
             modules = clean + [m for m in modules if not m.clean][: args.max_modules - len(clean)]
-        E.check_not_reserved(c for m in modules for c in m.cells)
+        assert not any(E.is_reserved(c.number) for m in modules for c in m.cells), "a cell reserved for acceptance"
         stats[split] = E.write_coco(out / "elpv" / split, modules, images, args.cell_px, args.gap)
         stats[split]["split_cells"] = len(of_split)
+    if not stats["test"]["clean_modules"]:
+        raise SystemExit("error: no test module is clean, so the defect question's empty answers go unmeasured; "
+                         "raise --clean-share or --test-share")
     return stats
 
 
@@ -143,6 +150,18 @@ def synthetic(args, out: Path) -> Path | None:
     """The synthetic base data: rendered into OUT/synthetic for --replay auto (and for its test split)."""
     need_train = not args.no_replay and args.replay == "auto"
     if args.replay != "auto":
+        from promptdet.config import ConfigError
+        from promptdet.data.sources import resolve_dataset
+
+        try:
+            cfg = resolve_dataset(args.replay)
+        except ConfigError as e:
+            raise SystemExit(f"error: --replay: {e}") from None
+        for split in ("train", "test"):
+            for src in getattr(cfg, split):
+                if not cfg.source_path(src).exists():
+                    raise SystemExit(f"error: --replay {args.replay}: its {split} data {cfg.source_path(src)} is missing; "
+                                     f"make it with its regenerate commands, or use --replay auto")
         return Path(args.replay)
     if not need_train and args.skip_synthetic:
         return None
@@ -277,9 +296,10 @@ def main(argv=None) -> int:
 
     summary["data"] = phase("modules", prepare_modules, args, out)
     log(f"modules: {json.dumps(summary['data'])}")
-    data = phase("convert", convert, args, out)
     synth = phase("synthetic", synthetic, args, out)
-    summary["models"]["before"] = phase("score bundled", evaluate_model, "before", None, args, out, data, synth)
+    data = phase("convert", convert, args, out)
+    summary["models"]["before"] = phase("score the starting model", evaluate_model, "before", args.weights, args, out,
+                                        data, synth)
     runs = [("no_replay", None)] if args.no_replay else [("replay", synth)]
     if not args.no_replay and not args.skip_no_replay:
         runs.append(("no_replay", None))
@@ -292,6 +312,7 @@ def main(argv=None) -> int:
         summary["anchor"] = phase("anchor", anchor, args, out, walls[runs[0][0]] / 3600)
     text = report(summary)
     print(text)
+    summary["total_s"] = round(time.perf_counter() - T0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"summary: {out / 'summary.json'}")
     return 0

@@ -277,3 +277,12 @@ def test_calibrate_refuses_bad_input_in_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "c"), *args])
     assert res.exit_code != 0 and message in res.stderr and "Traceback" not in res.output
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_prompt_banks_larger_than_one_encoder_call():
+    from promptdet.limits import MAX_PROMPTS
+    from promptdet.text.encoder import TextEncoder
+    from promptdet.train.familiarity_fit import fit_prompt_banks
+
+    buffers, _ = fit_prompt_banks(TextEncoder(None, 32), [], [], seed=0)  # calibrate on imported data: no scenes
+    assert buffers["prompt_foreign"].shape[0] > MAX_PROMPTS

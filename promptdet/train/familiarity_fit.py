@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from promptdet.data.synth import templates as T
+from promptdet.limits import MAX_PROMPTS
 from promptdet.model.familiarity import pooled_image_features
 from promptdet.runtime.preprocess import to_input
 from promptdet.text.general_vocab import BANK_NOUNS, HELD_OUT
@@ -135,12 +136,17 @@ def prompt_texts(scenes: list[dict], split: str, nouns: tuple[str, ...], n: int,
     return known, foreign
 
 
+def _pooled(encoder, texts: list[str]) -> torch.Tensor:
+    """Pooled embeddings [N, D] of any number of texts; the encoder takes MAX_PROMPTS at once."""
+    return torch.cat([encoder.encode(texts[i:i + MAX_PROMPTS]).pooled.float() for i in range(0, len(texts), MAX_PROMPTS)])
+
+
 def _margins(encoder, texts: list[str], known: torch.Tensor, foreign: torch.Tensor) -> np.ndarray:
     from promptdet.model.familiarity import TOP_K
 
     out = []
-    for i in range(0, len(texts), 256):
-        p = encoder.encode(texts[i:i + 256]).pooled.float()
+    for i in range(0, len(texts), MAX_PROMPTS):
+        p = encoder.encode(texts[i:i + MAX_PROMPTS]).pooled.float()
         k = (p @ known.t()).topk(min(TOP_K, len(known)), dim=-1).values.mean(-1)
         f = (p @ foreign.t()).topk(min(TOP_K, len(foreign)), dim=-1).values.mean(-1)
         out.append((k - f).numpy())
@@ -153,8 +159,7 @@ def fit_prompt_banks(encoder, train_scenes: list[dict], heldout_scenes: list[dic
     percentile and the held-out foreign names' 98th, or at the known side's 1st percentile when
     the two overlap (calling a known prompt unknown costs the user more than the reverse)."""
     known_txt, foreign_txt = prompt_texts(train_scenes, "train", BANK_NOUNS, BANK_SIZE, seed)
-    known = encoder.encode(known_txt).pooled.float()
-    foreign = encoder.encode(foreign_txt).pooled.float()
+    known, foreign = _pooled(encoder, known_txt), _pooled(encoder, foreign_txt)
     held_known_txt, held_foreign_txt = prompt_texts(heldout_scenes, "test", HELD_OUT, 600, seed + 1)
     held_known = _margins(encoder, held_known_txt, known, foreign)
     held_foreign = _margins(encoder, held_foreign_txt, known, foreign)
