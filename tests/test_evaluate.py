@@ -420,3 +420,73 @@ def test_without_matplotlib_the_message_says_how_to_install(monkeypatch, tmp_pat
         plot_pr_curves([], tmp_path / "plots")
     assert str(err.value) == "PR plots need matplotlib: pip install matplotlib (or pip install 'promptdet[train]')"
     assert not (tmp_path / "plots").exists()
+
+
+def test_ap_counts_up_to_100_detections_per_query():
+    # 12 GT boxes, each found by its own prediction: with only 10 detections read, AP50 would be 10/12 at best
+    gt = [[20 * i, 0, 20 * i + 10, 10] for i in range(12)]
+    scores = [0.9 - 0.01 * i for i in range(12)]
+    row = evaluate_queries([q("category", gt, gt, scores)])["types"]["category"]
+    assert row["AP50"] == pytest.approx(1.0) and row["AP50_95"] == pytest.approx(1.0)
+
+
+def test_iou_052_is_a_match_at_050_only():
+    gt, pred = [100, 40, 110, 50], [100, 40, 110, 45.2]  # IoU 0.52: above the 0.50 threshold, below 0.55
+    assert box_iou(np.array([gt], float), np.array([pred], float))[0, 0] == pytest.approx(0.52)
+    m = evaluate_queries([q("category", [gt], [pred], [0.9])])
+    assert m["types"]["category"]["AP50"] == pytest.approx(1.0)
+    assert m["types"]["category"]["AP50_95"] == pytest.approx(0.1)
+    assert m["pr_curves"]["category"]["precision"] == pytest.approx([1.0] * 101)
+
+
+def test_pr_curve_recall_is_the_101_coco_points_and_nothing_is_printed(capsys):
+    m = evaluate_queries([q("category", [A, B], [A, C], [0.9, 0.8]), q("category", [C], [C], [0.7], qid=1)])
+    assert m["pr_curves"]["category"]["recall"] == [i / 100 for i in range(101)]
+    assert m["conf"] == 0.25 and evaluate_queries([], conf=0.4)["conf"] == 0.4
+    assert capsys.readouterr() == ("", "")  # pycocotools' progress prints are silenced
+
+
+def test_recall_and_accuracy_add_up_over_queries_of_a_type():
+    # recall: 2 of 3 GT boxes over two queries; acc50: top-1 right in 1 of 2 queries
+    results = [q("referring", [A, B], [A, C], [0.9, 0.8], qid=1), q("referring", [C], [A], [0.9], qid=2)]
+    row = evaluate_queries(results)["types"]["referring"]
+    assert row["recall@conf"] == pytest.approx(1 / 3) and row["acc50"] == 0.5
+    results = [q("referring", [C], [A], [0.9], qid=2), q("referring", [A, B], [A, B], [0.9, 0.8], qid=1)]
+    row = evaluate_queries(results)["types"]["referring"]
+    assert row["recall@conf"] == pytest.approx(2 / 3) and row["acc50"] == 0.5
+
+
+def test_a_score_equal_to_conf_counts_and_iou_05_is_a_hit():
+    half = [10, 10, 50, 90]  # IoU with [10, 10, 50, 50] is exactly 0.5
+    assert box_iou(np.array([A], float), np.array([half], float))[0, 0] == 0.5
+    row = evaluate_queries([q("referring", [A], [half], [0.25])], conf=0.25)["types"]["referring"]
+    assert row["recall@conf"] == 1.0 and row["acc50"] == 1.0
+
+
+def test_boxes_given_as_plain_empty_lists():
+    r = QueryResult(query_id=7, image_id="img", type="category", instruction="x", gt_boxes=[A],
+                    pred_boxes=[], pred_scores=[])
+    row = evaluate_queries([r])["types"]["category"]
+    assert row["AP50"] == 0.0 and row["recall@conf"] == 0.0 and row["gt_boxes"] == 1
+    r = QueryResult(query_id=8, image_id="img", type="absent", instruction="x", gt_boxes=[], pred_boxes=[[1, 2, 3, 4]],
+                    pred_scores=[0.5])
+    assert evaluate_queries([r])["absent_fp_rate"] == 1.0
+    r.gt_boxes = [5.0]  # one number is not an empty list of boxes
+    with pytest.raises(ValueError, match=r"^query 8: gt_boxes must have shape \[N, 4\] xyxy, got \(1,\)$"):
+        evaluate_queries([r])
+
+
+def test_bad_scores_name_their_shape():
+    r = q("category", [A], [A, B], [0.9, 0.8])
+    r.pred_scores = np.array([[0.5, 0.4, 0.3]])
+    with pytest.raises(ValueError) as err:
+        evaluate_queries([r])
+    assert str(err.value) == "query 0: pred_scores must be 2 finite values (one per pred box), got shape (1, 3)"
+
+
+def test_plot_pr_curves_into_a_new_nested_folder_and_uppercase_type_names(monkeypatch, tmp_path):
+    metrics = evaluate_queries([q("Odd Type", [A], [A], [0.9])])
+    paths, _ = _plotted(monkeypatch, metrics, tmp_path / "a" / "b")
+    assert [p.name for p in paths] == ["pr_Odd_Type.png", "pr_all.png"] and all(p.is_file() for p in paths)
+    paths, figs = _plotted(monkeypatch, {}, tmp_path / "c")  # no types at all
+    assert [p.name for p in paths] == ["pr_all.png"] and len(figs["pr_all.png"].axes[0].lines) == 0
