@@ -32,7 +32,7 @@ MODULES = {
     "runtime/multiscale": (["promptdet/runtime/multiscale.py"],
                            ["tests/test_line_multiscale.py", "-k", "not bundled_model"]),
     "line/rules": (["promptdet/line/rules.py"], ["tests/test_line_rules.py"]),
-    "line/sinks": (["promptdet/line/sinks.py"], ["tests/test_line_sinks.py"]),
+    "line/sinks": (["promptdet/line/sinks.py"], ["tests/test_line_sinks.py", "tests/test_line_sink_writers.py"]),
     "train/evaluate": (["promptdet/train/evaluate.py"], ["tests/test_evaluate.py"]),
     "data/formats": (["promptdet/data/formats/*"], ["tests/test_formats.py", "tests/test_jsonl.py"]),
     "data/synth/instruct": (["promptdet/data/synth/instruct.py"], ["tests/test_instructions.py"]),
