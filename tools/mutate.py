@@ -34,7 +34,8 @@ MODULES = {
     "line/rules": (["promptdet/line/rules.py"], ["tests/test_line_rules.py"]),
     "line/sinks": (["promptdet/line/sinks.py"], ["tests/test_line_sinks.py", "tests/test_line_sink_writers.py"]),
     "train/evaluate": (["promptdet/train/evaluate.py"], ["tests/test_evaluate.py"]),
-    "data/formats": (["promptdet/data/formats/*"], ["tests/test_formats.py", "tests/test_jsonl.py"]),
+    "data/formats": (["promptdet/data/formats/*"],
+                     ["tests/test_formats.py", "tests/test_formats_messages.py", "tests/test_jsonl.py"]),
     "data/synth/instruct": (["promptdet/data/synth/instruct.py"], ["tests/test_instructions.py"]),
     # stand-ins for the export and the torch model: test_export.py exports a real model per run
     "export/verify": (["promptdet/export/verify.py"], ["tests/test_export_parity.py"]),
