@@ -446,3 +446,125 @@ def test_a_count_instruction_names_its_number_and_comparison(op, n):
     for _ in range(20):
         text = T.count_instruction(rng, "train", op, n, "washer")
         assert text_problems({"type": "count", "query": {"op": op, "n": n}, "instruction": text}) == [], text
+
+
+# ---- the same checks on scenes built here (no rendering), so every mutation of the generator is
+# seen by a test that calls it: the rendered fixture above is built once per module ----
+
+def _random_scene(rng, i: int) -> dict:
+    from promptdet.data.vocab import COLORS_BY_CATEGORY, DEFECTS_BY_CATEGORY
+
+    objects = []
+    cats = list(rng.choice(CATEGORIES, size=int(rng.integers(1, 4)), replace=False))
+    for k in range(int(rng.integers(2, 9))):
+        cat = cats[int(rng.integers(len(cats)))]
+        cols = COLORS_BY_CATEGORY[cat]
+        col = cols[int(rng.integers(min(2, len(cols))))]  # few colours: colour+kind groups of two and more
+        can = DEFECTS_BY_CATEGORY[cat]
+        defects = [d for d in can if rng.random() < 0.2]
+        w, h = (float(v) for v in rng.integers(8, 70, size=2))
+        x, y = float(rng.integers(0, 320 - w)), float(rng.integers(0, 240 - h))
+        objects.append({"id": k, "category": cat, "color": col, "defects": defects, "bbox": [x, y, x + w, y + h],
+                        "visible_px": int(w * h * rng.uniform(0.6, 1.0))})
+    return {"image": f"{i}.jpg", "width": 320, "height": 240, "objects": objects}
+
+
+def _relation_problems(pair: dict, scene: dict) -> list[str]:
+    """A relation's reference is unique, and its answer is the only part on that side, clear of the rest."""
+    q, objects = pair["query"], scene["objects"]
+    ref = next(o for o in objects if o["id"] == q["ref_id"])
+    sel = {k: v for k, v in q["ref_select"].items() if v is not None}
+    problems = []
+    if [o["id"] for o in objects if _fits(o, sel)] != [ref["id"]]:
+        problems.append(f"reference {sel} is not unique")
+    if sel.get("category") != ref["category"]:
+        problems.append("ref_select does not name the reference's kind")
+    if q["select"]["category"] == ref["category"] and "color" not in sel:
+        problems.append("'the can left of the can'")
+    group = [o for o in objects if o["id"] != ref["id"] and o["category"] == q["select"]["category"]]
+    target = next(o for o in objects if o["id"] == pair["object_ids"][0])
+    x1, y1, x2, y2 = ref["bbox"]
+    if q["relation"] == "next_to":
+        dx = max(x1 - target["bbox"][2], target["bbox"][0] - x2, 0.0)
+        dy = max(y1 - target["bbox"][3], target["bbox"][1] - y2, 0.0)
+        if np.hypot(dx, dy) > 0.75 * max(x2 - x1, y2 - y1):
+            problems.append(f"next_to a part {np.hypot(dx, dy):.1f} px away")
+        return problems
+    centre, ref_c, sign = {"left_of": (_cx, (x1 + x2) / 2, 1), "right_of": (_cx, (x1 + x2) / 2, -1),
+                           "above": (_cy, (y1 + y2) / 2, 1), "below": (_cy, (y1 + y2) / 2, -1)}[q["relation"]]
+    for o in group:
+        if o is not target and sign * (centre(o) - ref_c) <= 0:
+            problems.append(f"part {o['id']} is not clearly on the far side")
+    return problems
+
+
+def _check_scene_pairs(scene: dict, pairs) -> Counter:
+    kinds = Counter()
+    for p in pairs:
+        record = {**p.to_record(), "query": p.extra["query"]}
+        assert p.image == scene["image"]
+        assert sorted(p.boxes_xyxy) == sorted(expected_boxes(record, scene["objects"])), record
+        by_id = {o["id"]: o["bbox"] for o in scene["objects"]}
+        assert [by_id[i] for i in p.object_ids] == p.boxes_xyxy
+        assert text_problems(record) == [] and margin_problems(record, scene) == [], record
+        if p.type in ("spatial", "superlative", "relation"):
+            assert len(p.boxes_xyxy) == 1, record
+        if p.type in ("category", "attribute", "defect"):
+            assert p.boxes_xyxy, record
+        if p.type == "relation":
+            assert _relation_problems(record, scene) == [], record
+        if p.type == "count":
+            k = sum(o["category"] == record["query"]["select"]["category"] for o in scene["objects"])
+            assert max(1, k - 2) <= record["query"]["n"] <= k + 2, record
+            kinds[("count", record["query"]["n"] - k)] += 1
+            kinds[("count", record["query"]["op"])] += 1
+        if p.type == "absent":
+            assert not any(_fits(o, record["query"]["select"]) for o in scene["objects"]), record
+        kinds[p.type] += 1
+    keys = [repr((p.type, sorted(p.extra["query"].items(), key=str))) for p in pairs]
+    assert len(keys) == len(set(keys))  # no question twice
+    return kinds
+
+
+def test_every_pair_of_hand_made_scenes_is_right_and_clear():
+    from promptdet.data.synth.instruct import generate_instructions
+
+    rng = np.random.default_rng(11)
+    kinds = Counter()
+    for i in range(150):
+        scene = _random_scene(rng, i)
+        pairs = generate_instructions(scene, np.random.default_rng(i), per_image=8)
+        assert len(pairs) == 8 or len(pairs) < 8 and len(scene["objects"]) <= 3
+        kinds += _check_scene_pairs(scene, pairs)
+    assert all(kinds[t] >= 20 for t in ("category", "attribute", "defect", "spatial", "superlative", "relation",
+                                        "count", "absent")), kinds
+    assert kinds["absent"] / sum(kinds[t] for t in INSTRUCTION_TYPES) == pytest.approx(0.2, abs=0.05)
+    # counts: each comparison, and thresholds from 2 below to 2 above the true count
+    counted = {key[1] for key in kinds if isinstance(key, tuple)}
+    assert counted == set(COMPARISONS) | {-2, -1, 0, 1, 2}
+
+
+def test_set_queries_name_kinds_colours_and_defects_in_their_mix():
+    from promptdet.data.synth.instruct import generate_instructions
+
+    scene = {"image": "s.jpg", "width": 320, "height": 240, "objects": [
+        {"id": 0, "category": "bottle", "color": "red", "defects": ["scratch", "dent"], "bbox": [10, 10, 50, 90]},
+        {"id": 1, "category": "bottle", "color": "green", "defects": [], "bbox": [100, 10, 140, 90]},
+        {"id": 2, "category": "can", "color": "red", "defects": ["dent"], "bbox": [200, 100, 240, 160]}]}
+    sels = {t: Counter() for t in ("category", "attribute", "defect")}
+    for seed in range(400):
+        for t in sels:
+            for p in generate_instructions(scene, np.random.default_rng(seed), per_image=1, absent_rate=0.0, types=(t,)):
+                sels[t][json.dumps(p.extra["query"]["select"], sort_keys=True)] += 1
+                _check_scene_pairs(scene, [p])
+    cat, attr, defect = sels["category"], sels["attribute"], sels["defect"]
+    assert set(cat) == {'{"category": "bottle"}', '{"category": "can"}', "{}"}
+    assert 0.015 < cat["{}"] / 400 < 0.06  # "all parts" now and then: 1 in 10 draws offer it, among 3
+    assert set(attr) == {'{"category": "bottle", "color": "green"}', '{"category": "bottle", "color": "red"}',
+                         '{"category": "can", "color": "red"}', '{"color": "green"}', '{"color": "red"}'}
+    # "defective parts" 3 in 10 draws offer it, among 8; no selector that matches nothing (no "scratched cans")
+    assert 0.02 < defect['{"defect": "any"}'] / 400 < 0.06
+    assert '{"category": "can", "defect": "scratch"}' not in defect
+    assert {'{"category": "bottle", "defect": "any"}', '{"category": "can", "defect": "any"}',
+            '{"category": "bottle", "defect": "scratch"}', '{"category": "bottle", "defect": "dent"}',
+            '{"category": "can", "defect": "dent"}', '{"defect": "dent"}', '{"defect": "scratch"}'} <= set(defect)
