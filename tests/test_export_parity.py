@@ -22,7 +22,7 @@ from promptdet.export.verify import (  # noqa: E402
     parity_images,
 )
 
-DIM, M = 8, 6  # text feature width, candidates per prompt
+DIM, M = 4, 6  # text feature width (fewer than the longest prompt's tokens), candidates per prompt
 
 
 def _ids(prompt: str) -> list[int]:
@@ -78,11 +78,11 @@ class Model:
         self.encoder, self.detector = Encoder(), Detector()
 
 
-def graph_outputs(x, pooled):
+def graph_outputs(x, pooled, tokens, mask):
     """boxes [1, K, M, 4], scores [1, K, M] (the last candidate a 0-score pad), familiarity [1], [K]."""
     x, pooled = np.asarray(x, np.float32), np.asarray(pooled, np.float32)
     k = len(pooled)
-    base = float(x.mean()) * x.shape[-1]
+    base = float(x.mean()) * x.shape[-1] + float((np.asarray(tokens).sum(-1) * np.asarray(mask)).sum()) / 100
     boxes = np.zeros((1, k, M, 4), np.float32)
     boxes[0] = base + 10 * np.arange(k)[:, None, None] + 3 * np.arange(M)[None, :, None] + np.arange(4)
     scores = np.zeros((1, k, M), np.float32)
@@ -98,7 +98,8 @@ class Graph:
 
     def __call__(self, x, pooled, tokens, mask):
         assert not torch.is_grad_enabled()  # the reference runs without autograd
-        return tuple(torch.from_numpy(a) for a in graph_outputs(x.numpy(), pooled.numpy()))
+        return tuple(torch.from_numpy(a) for a in graph_outputs(x.numpy(), pooled.numpy(), tokens.numpy(),
+                                                                mask.numpy()))
 
 
 class Onnx:
@@ -131,7 +132,7 @@ class Onnx:
         e = Encoding(prompts)
         pooled = e.pooled.numpy() + self.drift.get("pooled", 0.0)
         tokens = e.token_feats.numpy().copy()
-        tokens[-1, 0, 0] += self.drift.get("tokens", 0.0)
+        tokens[-1, len(_ids(prompts[-1])) - 1, 0] += self.drift.get("tokens", 0.0)  # the last word's feature
         mask = e.token_mask.numpy().copy()
         if self.drift.get("mask"):
             mask[0, 0] = not mask[0, 0]
@@ -143,7 +144,7 @@ class Onnx:
 
     def run_all(self, x, pooled, tokens, mask):
         self.runs.append((x.shape, len(pooled)))
-        boxes, scores, fam, pfam = graph_outputs(x, pooled)
+        boxes, scores, fam, pfam = graph_outputs(x, pooled, tokens, mask)
         d = self.drift
         boxes = boxes + d.get("boxes", 0.0)
         scores = np.where(scores > 0, scores + d.get("scores", 0.0), scores)
@@ -268,6 +269,16 @@ def test_precision_sets_the_limits(onnx, meta, detector_file, precision, box_lim
     assert [c["input"] for c in report["cases"]] == ["96x96", "96x96", "96x96 flipped", "96x96 flipped"]
 
 
+def test_a_difference_equal_to_the_limit_fails(onnx):
+    onnx.meta, onnx.imgsz = {"precision": "fp16"}, 800  # limit 2e-2 * 800 = 16 px, exact in float32
+    onnx.drift = {"boxes": 16.0}
+    report, _ = _check()
+    assert report["box_limit_px"] == 16.0 and [c["box_diff_px"] for c in report["cases"]] == [16.0] * 4
+    assert report["passed"] is False
+    onnx.drift = {"boxes": 15.5}
+    assert _check()[0]["passed"] is True
+
+
 def test_a_baked_graph_is_checked_with_its_own_prompts(onnx):
     onnx.takes_prompts, onnx.baked_prompts = False, ["red bottle", "a gear", "blue cap"]
     model = Model()
@@ -285,24 +296,29 @@ def test_limits_per_precision():
     assert verify._limits("int8", 320) == pytest.approx((6.4, 2e-2))
 
 
-def _scene_dir(tmp_path, names=("b.jpg",)):
-    """A 64 x 128 image: red and blue bars 32 px wide either side of a green square with a white dot
-    (on JPEG's 16 px blocks, so the colours do not bleed across)."""
+def _scene_dir(tmp_path, names=("b.jpg",), tall=False):
+    """A 64 x 128 image (128 x 64 if ``tall``): red and blue bars 32 px wide either side of a green
+    square with white dots in its top-left and bottom-right corners (on JPEG's 16 px blocks, so the
+    colours do not bleed across)."""
     img = np.zeros((64, 128, 3), np.uint8)
     img[:, :32] = (0, 0, 255)
     img[:, 96:] = (255, 0, 0)
     img[:, 32:96] = (0, 255, 0)
-    img[5:15, 37:47] = 255  # the square's top-left corner
+    img[0:16, 32:48] = 255
+    img[48:64, 80:96] = 255
+    if tall:
+        img = np.ascontiguousarray(img.transpose(1, 0, 2))
     for name in names:
         cv2.imwrite(str(tmp_path / name), img)
     return tmp_path
 
 
+@pytest.mark.parametrize("tall", [False, True])
 @pytest.mark.parametrize("imgsz, dynamic, sizes", [
     (64, True, [64, 128]), (128, True, [128, 64]), (160, True, [160, 96]), (96, False, [96, 96]),
 ])
-def test_parity_images_are_the_centre_square_without_bars(monkeypatch, tmp_path, imgsz, dynamic, sizes):
-    monkeypatch.setattr(verify, "DEMO", _scene_dir(tmp_path))
+def test_parity_images_are_the_centre_square_without_bars(monkeypatch, tmp_path, imgsz, dynamic, sizes, tall):
+    monkeypatch.setattr(verify, "DEMO", _scene_dir(tmp_path, tall=tall))
     out = parity_images(imgsz, dynamic)
     want = [f"{s}x{s}" for s in sizes]
     if not dynamic:
@@ -312,10 +328,13 @@ def test_parity_images_are_the_centre_square_without_bars(monkeypatch, tmp_path,
         assert x.shape == (1, 3, s, s) and x.dtype == np.float32
         r, g, b = x[0]
         for edge in (np.s_[:, 0], np.s_[:, -1], np.s_[0], np.s_[-1]):  # green to the edges: no bar, no letterbox
-            assert g[edge].mean() > 0.7 and g[edge].mean() - max(r[edge].mean(), b[edge].mean()) > 0.4
+            g_mid, r_mid, b_mid = (np.median(c[edge]) for c in (g, r, b))  # the median: past the corner dots
+            assert g_mid > 0.7 and g_mid - max(r_mid, b_mid) > 0.4
     (_, first), (_, second) = out
-    dot = first[0, 0] > 0.5  # red is only in the white dot
-    assert dot[: sizes[0] // 3, : sizes[0] // 3].any() and not dot[sizes[0] // 2:].any()
+    s = sizes[0]
+    dot = first[0, 0] > 0.5  # red is only in the white dots, each a quarter of the square's side
+    assert dot[: s // 4, : s // 4].mean() > 0.9 and dot[-(s // 4):, -(s // 4):].mean() > 0.9
+    assert dot.mean() == pytest.approx(2 / 16, abs=0.02)
     if not dynamic:  # the second scene is the first turned upside down
         assert np.allclose(second, first[..., ::-1, ::-1], atol=0.02)
 
@@ -334,6 +353,7 @@ def test_parity_images_without_demo_images_use_a_fixed_textured_scene(monkeypatc
     assert [label for label, _ in a] == ["64x64", "64x64 flipped"]
     assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
     x = a[0][1]
+    assert x.shape == (1, 3, 64, 64)
     assert x.std() > 0.01 and 0.45 < x.mean() < 0.55  # 0-255 noise, averaged down: textured, not flat or dark
     assert not np.allclose(a[0][1], a[1][1])
 
@@ -365,6 +385,19 @@ def test_compare_candidates_pads_ties_and_batches():
     assert compare_candidates(moved, two_scores, two, two_scores, 1e-4) == (2.0, 0.0)
     # scores are compared sorted, per prompt
     assert compare_candidates(two, two_scores[..., [1, 0, 2]], two, two_scores, 1e-4)[1] == 0.0
+
+
+def test_compare_candidates_boundaries():
+    a, b = [0, 0, 10, 10], [50, 50, 60, 60]
+    # a score exactly the tolerance away still counts as a tie: the boxes are compared
+    boxes = np.array([[a]], np.float32)
+    assert compare_candidates(boxes, np.array([[0.5]], np.float32), boxes, np.array([[0.75]], np.float32), 0.25) == (
+        0.0, 0.25)
+    # each candidate of the export is matched in the reference, not the other way round: a box torch
+    # has twice is no excuse for a box only the export has
+    scores = np.array([[0.5, 0.5]], np.float32)
+    assert compare_candidates(np.array([[a, b]], np.float32), scores, np.array([[a, a]], np.float32), scores,
+                              1e-4) == (50.0, 0.0)
 
 
 def test_compare_candidates_on_no_candidates_is_zero():
