@@ -122,12 +122,13 @@ def test_coco_skips_and_name_clean_up(tmp_path):
         {"id": 9, "image_id": 2, "category_id": 2, "bbox": [1, 2, 0, 4]},  # zero width
         {"id": 10, "image_id": 2, "category_id": 2, "bbox": [1, 2, 3, 4], "iscrowd": 1},
     ]
+    data["annotations"] += [{**a, "id": a["id"] + 100} for a in data["annotations"][2:]]  # each skip twice
     src = _json(tmp_path / "ann" / "instances.json", data)
     res = IMPORTERS["coco"](src, absent_rate=0.0)
     assert [(p.image, p.extra["category"], p.boxes_xyxy, p.object_ids) for p in res.pairs] == [
         ("a.jpg", "cat", [[1, 2, 4, 6], [10, 20, 11, 21]], [5, 6])]
-    assert res.skipped == {"annotation_unknown_image": 1, "annotation_unknown_category": 1, "degenerate_box": 1,
-                           "crowd_box": 1, "category_without_usable_boxes": 1}
+    assert res.skipped == {"annotation_unknown_image": 2, "annotation_unknown_category": 2, "degenerate_box": 2,
+                           "crowd_box": 2, "category_without_usable_boxes": 1}
     assert res.num_images == 2 and res.images_dir == tmp_path / "ann"
     (tmp_path / "ann" / "images").mkdir()
     assert IMPORTERS["coco"](src).images_dir == tmp_path / "ann" / "images"
@@ -449,6 +450,7 @@ def test_odvg_categories_and_phrases(tmp_path):
                 {"filename": "a.jpg", "height": 10, "width": 20.5, "detection": {"instances": [
                     {"bbox": [1, 2, 3, 4], "label": 2, "category": " zebra "},
                     {"bbox": [5, 5, 5, 9], "category": "ant"},  # zero width: degenerate
+                    {"bbox": [6, 5, 6, 9], "category": "ant"},
                     {"bbox": [0, 0, 2, 2], "label": 0, "category": "yak"}]}},
                 {"filename": "b.jpg", "detection": {"instances": []}},
                 {"filename": "g.jpg", "grounding": {"caption": "A  red ball and a cup", "regions": [
@@ -459,7 +461,7 @@ def test_odvg_categories_and_phrases(tmp_path):
     assert res.num_images == 3
     assert [(p.instruction, p.boxes_xyxy, p.type) for p in res.pairs if p.type == "grounding"] == [
         ("A red ball", [[1, 1, 2, 2], [3, 3, 4, 4], [5, 5, 6, 6]], "grounding")]
-    assert res.skipped == {"degenerate_box": 2, "category_without_usable_boxes": 1, "phrase_without_usable_boxes": 1}
+    assert res.skipped == {"degenerate_box": 3, "category_without_usable_boxes": 1, "phrase_without_usable_boxes": 1}
     cats = [(p.image, p.extra["category"], p.boxes_xyxy) for p in res.pairs if p.type == "category"]
     assert cats == [("a.jpg", "yak", [[0, 0, 2, 2]]), ("a.jpg", "zebra", [[1, 2, 3, 4]])]  # label order
     absent = {p.extra["category"] for p in res.pairs if p.type == "absent"}
@@ -496,15 +498,25 @@ def test_refcoco_skips_and_sentences(tmp_path):
         {"ann_id": 11, "image_id": 2, "sentences": [{"sent": "flat"}]},
         {"ref_id": 42, "ann_id": 12, "image_id": 2, "sentences": [{"sent": "box"}]},
     ])
+    refs = json.loads((root / "refs.json").read_text())
+    _json(root / "refs.json", refs + [{**r, "ref_id": 50 + i, "sentences": [{"sent": ""}]} if i == 0 else r
+                                      for i, r in enumerate(refs[:5])])  # each skip twice
     res = IMPORTERS["refcoco"](root)
     assert [(p.image, p.instruction, p.boxes_xyxy, p.object_ids, p.extra) for p in res.pairs] == [
         ("a.jpg", "The man", [[1, 2, 4, 6]], [10], {"ref_id": 0}),
         ("a.jpg", "x", [[1, 2, 4, 6]], [10], {"ref_id": 0}),
         ("b.jpg", "box", [[5, 5, 10, 10]], [12], {"ref_id": 42})]
-    assert res.skipped == {"empty_sentence": 1, "ref_missing_annotation": 1, "ref_unknown_image": 1,
-                           "ref_image_mismatch": 1, "degenerate_box": 1}
+    assert res.skipped == {"empty_sentence": 2, "ref_missing_annotation": 2, "ref_unknown_image": 2,
+                           "ref_image_mismatch": 2, "degenerate_box": 2}
     assert res.num_images == 2 and res.images_dir == root
     assert IMPORTERS["refcoco"](root / "refs.json").pairs == res.pairs  # the refs file itself
+    assert IMPORTERS["refcoco"](root, images_root=tmp_path / "pics").images_dir == tmp_path / "pics"
+    refs = json.loads((root / "refs.json").read_text())
+    _json(root / "refs.json", [{**r, "split": "val" if i < 3 else "train"} for i, r in enumerate(refs)])
+    res = IMPORTERS["refcoco"](root, split="val")
+    assert res.skipped == {"ref_not_in_split": len(refs) - 3, "empty_sentence": 1, "ref_missing_annotation": 1,
+                           "ref_unknown_image": 1}
+    assert [p.instruction for p in res.pairs] == ["The man", "x"]
 
 
 def test_refcoco_messages(tmp_path):
