@@ -600,3 +600,74 @@ def test_jsonl_records_keep_extras_and_default_the_type(tmp_path):
     assert _error(lambda: read_pairs(path)).startswith(f"{path}:5: invalid JSON (")
     path.write_text(text.replace("\n", "\n\n  \n", 1))
     assert read_pairs(path) == [pair, InstructionPair("b", "é", [], "absent")]
+
+
+# ---------------------------------------------------------------- more edges
+
+@pytest.mark.parametrize("fmt, src", [("coco", "coco/instances.json"), ("yolo", "yolo"), ("odvg", "odvg/od.jsonl")])
+def test_the_default_seed_is_0(fmt, src):
+    fix = Path(__file__).parent / "fixtures" / "formats"
+    opts = {"label_map": fix / "odvg" / "label_map.json"} if fmt == "odvg" else {}
+    assert IMPORTERS[fmt](fix / src, absent_rate=0.5, **opts).pairs == IMPORTERS[fmt](fix / src, absent_rate=0.5,
+                                                                                      seed=0, **opts).pairs
+
+
+def test_positives_follow_the_category_list_then_names():
+    img = ImageLabels("x.jpg")
+    for name in ("y", "a", "x", "b"):
+        img.add(name, [0, 0, 1, 1])
+    pairs = category_pairs([img], ["b", "a"], rng=np.random.default_rng(0), templates="train", absent_rate=0.0,
+                           skipped=Counter())
+    assert [p.extra["category"] for p in pairs] == ["b", "a", "x", "y"]  # names not in the list last, by name
+
+
+def test_absent_catch_up_at_a_low_rate_is_one_pair_per_image():
+    cats = ["a", "b", "c", "d"]
+    pairs = category_pairs(_labels(*[cats] * 12, [], [], []), cats, rng=np.random.default_rng(0), templates="train",
+                           absent_rate=0.2, skipped=Counter())
+    # 12 full images owe 3 absent pairs they cannot take; each empty image takes at most 1 (twice 0.25, rounded up)
+    assert Counter(p.image for p in pairs if p.type == "absent") == {"12.jpg": 1, "13.jpg": 1, "14.jpg": 1}
+
+
+def test_absent_categories_of_an_image_are_never_repeated():
+    pairs = category_pairs(_labels(*[["a", "b"]] * 60), list("abcde"), rng=np.random.default_rng(3), templates="train",
+                           absent_rate=0.5, skipped=Counter())
+    absent = [(p.image, p.extra["category"]) for p in pairs if p.type == "absent"]
+    assert len(absent) == len(set(absent)) and len(absent) >= 110
+
+
+def test_yolo_size_without_pillow_of_an_unreadable_image(tmp_path, monkeypatch):
+    import sys
+
+    root = _yolo(tmp_path, labels="0 0.5 0.5 0.5 0.5\n")
+    (root / "images" / "a.png").write_bytes(b"not a png")
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert _error(lambda: IMPORTERS["yolo"](root)) == f"{root / 'images' / 'a.png'}: cannot read the image to get its size"
+
+
+def test_yolo_degenerate_boxes_are_all_counted_and_a_yml_split(tmp_path):
+    root = _yolo(tmp_path, names="names: [cat]\nval: images\n", labels="0 0.5 0.5 0 0.2\n0 0.5 0.5 0.2 0\n")
+    (root / "data.yaml").rename(root / "data.yml")
+    res = IMPORTERS["yolo"](root / "data.yml", split="val", absent_rate=0.0)
+    assert res.skipped == {"degenerate_box": 2, "category_without_usable_boxes": 1} and res.num_images == 1
+
+
+def test_coco_category_id_message(tmp_path):
+    src = _coco_with(tmp_path, lambda d: d["categories"][0].update(id="1"))
+    assert _error(lambda: IMPORTERS["coco"](src)) == f"{src} (categories[0]): field 'id': expected int, got '1'"
+
+
+@pytest.mark.parametrize("record, where", [
+    ({"filename": "g.jpg", "grounding": "a cat"}, ":1: field 'grounding': expected dict, got 'a cat'"),
+    (_reg(phrase="x", bbox=[1, 2]), ":1: field 'grounding.regions[0].bbox': expected [x1, y1, x2, y2], got [1, 2]"),
+    ({"filename": "g.jpg", "grounding": {"regions": [{"bbox": [1, 2, 3, 4], "tokens_positive": [[0, 3]]}]}},
+     ":1: field 'grounding.regions[0].phrase': empty"),  # no caption: the span names nothing
+])
+def test_more_odvg_grounding_messages(tmp_path, record, where):
+    src = _odvg(tmp_path, record)
+    assert _error(lambda: IMPORTERS["odvg"](src)) == f"{src}{where}"
+
+
+def test_odvg_sizes_below_one_pixel_are_still_sizes(tmp_path):
+    src = _odvg(tmp_path, {**DET, "height": 0.5, "width": 1})
+    assert [p.type for p in IMPORTERS["odvg"](src, absent_rate=0.0).pairs] == ["category"]
