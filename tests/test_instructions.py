@@ -227,6 +227,7 @@ def _absent_pairs(mix: str, seed: int) -> list:
     for p in pairs:
         sel = p.extra["query"]["select"]
         assert not any(_fits(o, sel) for o in NEAR_MISS_SCENE["objects"]), p
+        assert subject_problems({"query": p.extra["query"], "instruction": p.instruction}) == [], p
     return pairs
 
 
@@ -498,6 +499,28 @@ def _relation_problems(pair: dict, scene: dict) -> list[str]:
     return problems
 
 
+def _names(text: str, phrases) -> bool:
+    """Whether ``text`` holds one of ``phrases`` (singular or plural), each word allowing one typo."""
+    words = _words(text)
+    return any(_says(words, tuple(_words(form))) for p in phrases for form in (p, T.pluralize(p)))
+
+
+def subject_problems(pair: dict) -> list[str]:
+    """The part kinds, colours and defects the query selects, each named in the words."""
+    q, text = pair["query"], pair["instruction"]
+    named = [q["select"]] + ([q["ref_select"]] if "ref_select" in q else [])
+    problems = []
+    for sel in named:
+        if sel.get("category") and not _names(text, T.CATEGORY_WORDS[sel["category"]]):
+            problems.append(f"names no {sel['category']}")
+        if sel.get("color") and not _names(text, T.COLOR_WORDS[sel["color"]]):
+            problems.append(f"names no {sel['color']}")
+        if sel.get("defect") and not _names(text, T.DEFECT_ADJ[sel["defect"]]
+                                            + tuple(p for pair in T.DEFECT_POST[sel["defect"]] for p in pair)):
+            problems.append(f"names no {sel['defect']}")
+    return problems
+
+
 def _check_scene_pairs(scene: dict, pairs) -> Counter:
     kinds = Counter()
     for p in pairs:
@@ -507,6 +530,7 @@ def _check_scene_pairs(scene: dict, pairs) -> Counter:
         by_id = {o["id"]: o["bbox"] for o in scene["objects"]}
         assert [by_id[i] for i in p.object_ids] == p.boxes_xyxy
         assert text_problems(record) == [] and margin_problems(record, scene) == [], record
+        assert subject_problems(record) == [], record
         if p.type in ("spatial", "superlative", "relation"):
             assert len(p.boxes_xyxy) == 1, record
         if p.type in ("category", "attribute", "defect"):
@@ -520,6 +544,9 @@ def _check_scene_pairs(scene: dict, pairs) -> Counter:
             kinds[("count", record["query"]["op"])] += 1
         if p.type == "absent":
             assert not any(_fits(o, record["query"]["select"]) for o in scene["objects"]), record
+        for key in ("extreme", "relation", "absent"):
+            if key in record["query"]:
+                kinds[(key, record["query"][key])] += 1
         kinds[p.type] += 1
     keys = [repr((p.type, sorted(p.extra["query"].items(), key=str))) for p in pairs]
     assert len(keys) == len(set(keys))  # no question twice
@@ -540,8 +567,13 @@ def test_every_pair_of_hand_made_scenes_is_right_and_clear():
                                         "count", "absent")), kinds
     assert kinds["absent"] / sum(kinds[t] for t in INSTRUCTION_TYPES) == pytest.approx(0.2, abs=0.05)
     # counts: each comparison, and thresholds from 2 below to 2 above the true count
-    counted = {key[1] for key in kinds if isinstance(key, tuple)}
+    counted = {key[1] for key in kinds if isinstance(key, tuple) and key[0] == "count"}
     assert counted == set(COMPARISONS) | {-2, -1, 0, 1, 2}
+    # every extreme and every relation is asked where a scene allows it, and each kind of absent query
+    asked = {key for key in kinds if isinstance(key, tuple) and key[0] != "count"}
+    assert asked == {("extreme", e) for e in ("leftmost", "rightmost", "topmost", "bottommost", "largest", "smallest")} \
+        | {("relation", r) for r in ("left_of", "right_of", "above", "below", "next_to")} \
+        | {("absent", a) for a in ("category", "color", "defect")}, kinds
 
 
 def test_set_queries_name_kinds_colours_and_defects_in_their_mix():
