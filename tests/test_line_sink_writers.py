@@ -145,7 +145,16 @@ def test_jsonl_rotates_exactly_past_the_limit(tmp_path):
     sink.write([sink.prepare(_record(1))])
     assert (tmp_path / "r.4.jsonl").read_bytes() == line * 2
     assert path.read_bytes() == sink.prepare(_record(1))
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644 & ~_umask())  # the new file as the first
     sink._disconnect()
+    # a file holding just one byte is past an empty one: a line that does not fit still rotates it
+    (tmp_path / "one.jsonl").write_bytes(b"\n")
+    one = JsonlSink(tmp_path / "one.jsonl")
+    one.rotate_bytes = len(line)
+    one._connect()
+    one.write([line])
+    one._disconnect()
+    assert (tmp_path / "one.1.jsonl").read_bytes() == b"\n" and (tmp_path / "one.jsonl").read_bytes() == line
     # a line longer than the limit goes into a fresh file as it is, with no empty file rotated out
     big = JsonlSink(tmp_path / "big.jsonl")
     big.rotate_bytes = 10
@@ -155,12 +164,13 @@ def test_jsonl_rotates_exactly_past_the_limit(tmp_path):
     assert (tmp_path / "big.jsonl").read_bytes() == line and not list(tmp_path.glob("big.*.jsonl"))
 
 
-def test_jsonl_rotation_in_record_mode_drops_synced_lines_from_the_batch(tmp_path, monkeypatch):
-    sink = JsonlSink(tmp_path / "r.jsonl", fsync="batch")
+@pytest.mark.parametrize("fsync", ["batch", "record"])
+def test_jsonl_rotation_drops_synced_lines_from_the_batch(tmp_path, monkeypatch, fsync):
+    sink = JsonlSink(tmp_path / "r.jsonl", fsync=fsync)
     line = sink.prepare(_record(0))
     sink.rotate_bytes = 2 * len(line)
     sink._connect()
-    payloads = [sink.prepare(_record(i)) for i in range(4)]
+    payloads = [sink.prepare(_record(i)) for i in range(6)]
     real, n = durable.write_all, []
 
     def fourth_fails(fd, data):
@@ -172,10 +182,18 @@ def test_jsonl_rotation_in_record_mode_drops_synced_lines_from_the_batch(tmp_pat
     monkeypatch.setattr(durable, "write_all", fourth_fails)
     with pytest.raises(OSError):
         sink.write(payloads)
-    # p0, p1 were synced into the rotated file before the rotation: only p2, p3 are left to retry
-    assert payloads == [sink.prepare(_record(2)), sink.prepare(_record(3))]
+    # p0, p1 were synced into the rotated file before the rotation: they are done. 'batch' retries p2 on,
+    # and cuts p2 back; 'record' had synced p2 too
+    left = 2 if fsync == "batch" else 3
+    assert payloads == [sink.prepare(_record(i)) for i in range(left, 6)]
     assert (tmp_path / "r.1.jsonl").read_bytes() == sink.prepare(_record(0)) + sink.prepare(_record(1))
-    assert (tmp_path / "r.jsonl").read_bytes() == b""  # p2 was cut back
+    assert (tmp_path / "r.jsonl").read_bytes() == b"".join(sink.prepare(_record(i)) for i in range(2, left))
+    monkeypatch.setattr(durable, "write_all", real)
+    sink.write(payloads)
+    sink._disconnect()
+    lines = [json.loads(x)["part_id"] for p in ("r.1.jsonl", "r.2.jsonl", "r.jsonl") for x in
+             (tmp_path / p).read_text().splitlines()]
+    assert lines == [f"p{i}" for i in range(6)]
 
 
 # ---------------------------------------------------------------- SQLite
@@ -206,6 +224,8 @@ def test_sqlite_connect_creates_and_upgrades(tmp_path):
     sink.write([sink.prepare(_record(1, run_id="r9"))])
     sink._disconnect()
     assert sink._db is None
+    sink._disconnect()
+    sink._connect()  # the upgraded file opens again as it is
     sink._disconnect()
     with sqlite3.connect(old) as db:
         assert db.execute("SELECT part_id, run_id FROM results ORDER BY id").fetchall() == [("old", None), ("p1", "r9")]
@@ -453,6 +473,12 @@ def test_mqtt_publish_failure_names_the_broker():
         sink.write(payloads)
     assert str(err.value) == "MQTT publish to broker.local:1884/line1/v failed (rc=4)"
     assert published == [("line1/v", payloads[0], 2), 0.01] and len(payloads) == 2
+    Info.rc = 0  # accepted, but not acknowledged within the timeout
+    with pytest.raises(OSError, match=r"\(rc=0\)"):
+        sink.write(payloads)
+    Info.is_published = lambda self: True
+    sink.write(payloads)
+    assert payloads == []
 
 
 # ---------------------------------------------------------------- from a recipe
@@ -477,6 +503,19 @@ def test_build_sinks_from_a_recipe_section(tmp_path):
     assert build_sinks(SinksSpec()) == []
     other = build_sinks(SinksSpec(sqlite=SqliteSinkSpec("x.db")), spool_dir=tmp_path / "mine")
     assert other[0].spool_path == tmp_path / "mine" / "sqlite.jsonl"
+
+
+def test_build_sinks_adds_the_plc_sinks(tmp_path):
+    from promptdet.line.plc import ModbusSink, OpcuaSink
+    from promptdet.line.recipe import ModbusSinkSpec, OpcuaSinkSpec
+
+    modbus = ModbusSinkSpec("plc.local", port=5020, coil=3)
+    built = build_sinks(SinksSpec(sqlite=SqliteSinkSpec("x.db"), modbus=modbus, spool_dir=str(tmp_path)), retries=5)
+    assert [type(s) for s in built] == [SqliteSink, ModbusSink]
+    assert built[1].spool_path == tmp_path / "modbus.jsonl" and built[1].retries == 5
+    opcua = OpcuaSinkSpec("opc.tcp://plc.local:4840", "ns=2;s=Verdict")
+    assert [type(s) for s in build_sinks(SinksSpec(opcua=opcua))] == [OpcuaSink]
+    assert [type(s) for s in build_sinks(SinksSpec(opcua=opcua, modbus=modbus))] == [OpcuaSink, ModbusSink]
 
 
 def test_build_sinks_mqtt():
