@@ -56,6 +56,8 @@ def test_jsonl_options():
     assert JsonlSink("x.jsonl", rotate_mb=0.5).rotate_bytes == 512 * 1024
     assert JsonlSink("x.jsonl", rotate_mb=0).rotate_bytes == 0 and JsonlSink("x.jsonl", rotate_mb=None).rotate_bytes == 0
     assert JsonlSink("x.jsonl", fsync="record").fsync == "record"
+    default = JsonlSink("x.jsonl")  # the recipe's defaults: batch fsync, a new file past 100 MB
+    assert default.fsync == "batch" and default.rotate_bytes == 100 * 1024 * 1024
 
 
 def test_jsonl_line_is_compact_utf8():
@@ -311,7 +313,7 @@ def test_image_sink_skips_on_a_full_disk_with_one_warning(tmp_path, monkeypatch,
     assert payloads == [] and sink.counts["skipped"] == 4 and not list((tmp_path / "img").iterdir())
     assert caplog.messages == [f"sink fails: under 50 MB free on {tmp_path / 'img'}; FAIL images are skipped "
                                "while it lasts"]
-    usage.free = 51 * 1024 * 1024
+    usage.free = 50 * 1024 * 1024  # exactly the floor is enough
     sink.write([sink.prepare((_record(4, "FAIL"), image))])
     assert [p.name for p in (tmp_path / "img").iterdir()] == ["0000001004000_p4.jpg"]
 
@@ -422,6 +424,7 @@ def test_webhook_times_out(tmp_path):
 
 def test_webhook_urls():
     assert WebhookSink("https://example.com/hook", timeout_s=1.5).timeout_s == 1.5
+    assert WebhookSink("http://example.com/hook").timeout_s == 2.0
     for url in ("file:///etc/passwd", "ftp://host/x", "HTTP://host/x"):
         with pytest.raises(PromptdetError) as err:
             WebhookSink(url)
@@ -448,6 +451,8 @@ def test_mqtt_without_paho_names_the_package(monkeypatch):
 
 def test_mqtt_publish_failure_names_the_broker():
     pytest.importorskip("paho.mqtt.client", reason="optional: pip install 'paho-mqtt>=2'")
+    default = MqttSink("broker.local")
+    assert (default.port, default.topic, default.qos, default.timeout_s) == (1883, "promptdet/verdicts", 1, 5.0)
     sink = MqttSink("broker.local", port=1884, topic="line1/v", qos=2, timeout_s=0.01)
     assert (sink.host, sink.port, sink.topic, sink.qos, sink.timeout_s) == ("broker.local", 1884, "line1/v", 2, 0.01)
     published = []
