@@ -206,8 +206,16 @@ def test_empty_scene_gives_only_absent_pairs():
     scene = {"image": "x.jpg", "width": 640, "height": 480, "objects": []}
     pairs = generate_instructions(scene, np.random.default_rng(0), per_image=4)
     assert pairs and all(p.type == "absent" and p.boxes_xyxy == [] for p in pairs)
-    with pytest.raises(ValueError):
-        generate_instructions(scene, np.random.default_rng(0), absent_rate=1.5)
+    for rate in (1.5, -0.1):
+        with pytest.raises(ValueError) as err:
+            generate_instructions(scene, np.random.default_rng(0), absent_rate=rate)
+        assert str(err.value) == f"absent_rate must be in [0, 1], got {rate}"
+    assert all(p.type == "absent" for p in generate_instructions(scene, np.random.default_rng(0), absent_rate=1.0))
+    with pytest.raises(ValueError) as err:
+        generate_instructions({**scene, "objects": [{"id": 0, "category": "nut", "color": "red", "defects": [],
+                                                     "bbox": [1, 1, 9, 9]}]}, np.random.default_rng(0),
+                              absent_rate=0.0, types=("colour",))
+    assert str(err.value).startswith("unknown instruction type 'colour'; expected one of ('category', ")
 
 
 # A red scratched bottle, a clean blue can and a clean silver bolt: the near misses to ask about.
@@ -526,6 +534,8 @@ def _check_scene_pairs(scene: dict, pairs) -> Counter:
     for p in pairs:
         record = {**p.to_record(), "query": p.extra["query"]}
         assert p.image == scene["image"]
+        for sel in (record["query"]["select"], record["query"].get("ref_select", {})):
+            assert set(sel) <= {"category", "color", "defect"}, record  # nothing a reader would not recognise
         assert sorted(p.boxes_xyxy) == sorted(expected_boxes(record, scene["objects"])), record
         by_id = {o["id"]: o["bbox"] for o in scene["objects"]}
         assert [by_id[i] for i in p.object_ids] == p.boxes_xyxy
@@ -541,6 +551,7 @@ def _check_scene_pairs(scene: dict, pairs) -> Counter:
             k = sum(o["category"] == record["query"]["select"]["category"] for o in scene["objects"])
             assert max(1, k - 2) <= record["query"]["n"] <= k + 2, record
             kinds[("count", record["query"]["n"] - k)] += 1
+            kinds[("count", "n=1")] += record["query"]["n"] == 1
             kinds[("count", record["query"]["op"])] += 1
         if p.type == "absent":
             assert not any(_fits(o, record["query"]["select"]) for o in scene["objects"]), record
@@ -568,7 +579,7 @@ def test_every_pair_of_hand_made_scenes_is_right_and_clear():
     assert kinds["absent"] / sum(kinds[t] for t in INSTRUCTION_TYPES) == pytest.approx(0.2, abs=0.05)
     # counts: each comparison, and thresholds from 2 below to 2 above the true count
     counted = {key[1] for key in kinds if isinstance(key, tuple) and key[0] == "count"}
-    assert counted == set(COMPARISONS) | {-2, -1, 0, 1, 2}
+    assert counted == set(COMPARISONS) | {-2, -1, 0, 1, 2} | {"n=1"}
     # every extreme and every relation is asked where a scene allows it, and each kind of absent query
     asked = {key for key in kinds if isinstance(key, tuple) and key[0] != "count"}
     assert asked == {("extreme", e) for e in ("leftmost", "rightmost", "topmost", "bottommost", "largest", "smallest")} \
@@ -600,3 +611,16 @@ def test_set_queries_name_kinds_colours_and_defects_in_their_mix():
     assert {'{"category": "bottle", "defect": "any"}', '{"category": "can", "defect": "any"}',
             '{"category": "bottle", "defect": "scratch"}', '{"category": "bottle", "defect": "dent"}',
             '{"category": "can", "defect": "dent"}', '{"defect": "dent"}', '{"defect": "scratch"}'} <= set(defect)
+
+
+def test_an_empty_scene_never_names_a_part_kind_in_its_absent_queries():
+    """An empty scene has no kind to tie an absent colour or defect to: "blue parts", never a crash."""
+    from promptdet.data.synth.instruct import ABSENT_KINDS, generate_instructions
+
+    scene = {"image": "x.jpg", "width": 640, "height": 480, "objects": []}
+    for mix in ABSENT_KINDS:
+        for seed in range(20):
+            pairs = generate_instructions(scene, np.random.default_rng(seed), per_image=6, absent_mix=mix)
+            assert len(pairs) >= 4 and all(p.type == "absent" and p.boxes_xyxy == [] for p in pairs)
+            assert not any("category" in p.extra["query"]["select"] and p.extra["query"]["absent"] != "category"
+                           for p in pairs)

@@ -18,7 +18,13 @@ from promptdet.data.query import matches
 from promptdet.data.synth import templates as T
 from promptdet.data.synth.logic import BUILDERS as LOGIC_BUILDERS
 from promptdet.data.synth.logic import LOGIC_TYPES
-from promptdet.data.vocab import CATEGORIES, COLORS, COLORS_BY_CATEGORY, DEFECTS, DEFECTS_BY_CATEGORY
+from promptdet.data.vocab import (
+    CATEGORIES,
+    COLORS,
+    COLORS_BY_CATEGORY,
+    DEFECTS,
+    DEFECTS_BY_CATEGORY,
+)
 
 POSITIVE_TYPES = ("category", "attribute", "defect", "spatial", "superlative", "relation", "count")
 # The boolean forms are asked only when named (``type_weights``), so the default mix, and the
@@ -233,7 +239,9 @@ def _absent_query(rng, objects, split, mix: str = "default"):
             return query
         kind = "defect"
     if kind == "color":
-        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] if rng.random() < name_part else None
+        # The draw comes first, so an empty scene (no kind to name) keeps the same random stream.
+        cat = sorted(present_cats)[int(rng.integers(len(present_cats)))] \
+            if rng.random() < name_part and present_cats else None
         cols = [c for c in (COLORS_BY_CATEGORY[cat] if cat else COLORS) if c not in present_cols]
         if cols:
             select = {"category": cat, "color": cols[int(rng.integers(len(cols)))]}
@@ -253,7 +261,7 @@ def _absent_query(rng, objects, split, mix: str = "default"):
 def _absent_defect(rng, split, part_kinds: list[str], p_named: float, present_defects: set[str]):
     """A defect that no part has, named on one of ``part_kinds`` (drawn) with probability p_named,
     else on no kind ("dented parts"); None when that kind of part has every defect it can have."""
-    cat = part_kinds[int(rng.integers(len(part_kinds)))] if rng.random() < p_named else None
+    cat = part_kinds[int(rng.integers(len(part_kinds)))] if rng.random() < p_named and part_kinds else None
     defects = [d for d in (DEFECTS_BY_CATEGORY[cat] if cat else DEFECTS) if d not in present_defects]
     if not defects:
         return None
