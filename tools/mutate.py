@@ -1,6 +1,6 @@
 """Mutation testing, module by module: how many planted bugs the tests catch.
 
-    nice -n 19 python tools/mutate.py                     # every module below (hours on 2 cores)
+    nice -n 19 python tools/mutate.py                     # every module below (about half an hour on 2 cores)
     nice -n 19 python tools/mutate.py text/cache line/rules
 
 Each module is mutated by mutmut in a scratch copy of the checkout (--work, one folder per module, so
