@@ -1,6 +1,7 @@
 """Metrics per instruction type on tiny hand-computed cases (boxes are xyxy pixels)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +329,164 @@ def test_save_metrics_is_strict_json_in_a_new_folder(tmp_path):
     assert path.read_text() == '{\n  "x": 1.5,\n  "n": null\n}\n'
     with pytest.raises(ValueError):
         save_metrics({"x": float("nan")}, tmp_path / "nan.json")
+
+
+def _plotted(monkeypatch, metrics, out_dir):
+    """plot_pr_curves' figures as saved, by file name, with the paths it returned."""
+    from matplotlib.figure import Figure
+
+    saved, save = {}, Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        saved[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return plot_pr_curves(metrics, out_dir), saved
+
+
+def _legend(ax):
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()], legend
+
+
+def test_plot_pr_curves_draws_each_types_curve_with_its_ap(monkeypatch, tmp_path):
+    import matplotlib.colors as mcolors
+
+    results = [q("category", [A, B], [A, C], [0.9, 0.8], qid=1), q("spatial", [A], [A], [0.9], qid=2),
+               q("absent", EMPTY, [A], [0.9], qid=3), q("odd type/name", [B], [C], [0.5], qid=4)]
+    metrics = evaluate_queries(results)
+    paths, figs = _plotted(monkeypatch, metrics, tmp_path / "plots")
+    # vocabulary order, then extras; a type name made safe for a file name; the summary last
+    assert paths == [tmp_path / "plots" / n for n in ("pr_category.png", "pr_spatial.png", "pr_odd_type_name.png",
+                                                      "pr_all.png")]
+    assert sorted(figs) == sorted(p.name for p in paths) and all(p.is_file() for p in paths)
+    curves = metrics["pr_curves"]
+    for name, t, ap in (("pr_category.png", "category", "0.505"), ("pr_spatial.png", "spatial", "1.000"),
+                        ("pr_odd_type_name.png", "odd type/name", "0.000")):
+        fig = figs[name]
+        assert tuple(fig.get_size_inches()) == (5, 4) and fig.dpi == 100
+        (ax,) = fig.axes
+        assert ax.get_title() == f"PR @ IoU 0.5: {t}"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("recall", "precision")
+        assert ax.get_xlim() == (0, 1) and ax.get_ylim() == (0, 1.02)
+        assert all(g.get_visible() and g.get_alpha() == 0.3 for g in ax.xaxis.get_gridlines() + ax.yaxis.get_gridlines())
+        (line,) = ax.lines
+        assert line.get_xdata().tolist() == curves[t]["recall"] and line.get_ydata().tolist() == curves[t]["precision"]
+        texts, legend = _legend(ax)
+        assert texts == [f"{t} (AP50 {ap})"] and legend._loc == 3  # lower left
+        assert legend.get_texts()[0].get_fontsize() == 8
+    (ax,) = figs["pr_all.png"].axes
+    assert tuple(figs["pr_all.png"].get_size_inches()) == (5, 4)
+    assert ax.get_title() == "PR @ IoU 0.5, all types" and ax.get_xlim() == (0, 1) and ax.get_ylim() == (0, 1.02)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("recall", "precision")
+    texts, legend = _legend(ax)
+    all_ap = f"{metrics['all']['AP50']:.3f}"
+    assert texts == ["category (AP50 0.505)", "spatial (AP50 1.000)", "odd type/name (AP50 0.000)",
+                     f"all (AP50 {all_ap})"]
+    assert legend._loc == 3 and legend.get_texts()[0].get_fontsize() == 7
+    for line, t in zip(ax.lines, ("category", "spatial", "odd type/name", "all")):
+        assert line.get_xdata().tolist() == curves[t]["recall"] and line.get_ydata().tolist() == curves[t]["precision"]
+    # the types in colour, solid; the all row black and dashed
+    assert [line.get_linestyle() for line in ax.lines] == ["-", "-", "-", "--"]
+    assert mcolors.to_hex(ax.lines[-1].get_color()) == "#000000"
+    assert "#000000" not in {mcolors.to_hex(line.get_color()) for line in ax.lines[:-1]}
+
+
+def test_plot_pr_curves_without_curves_draws_an_empty_summary(monkeypatch, tmp_path):
+    # a metrics dict without the curves (an older metrics.json), and one whose rows have no GT box
+    paths, figs = _plotted(monkeypatch, {"types": {"category": {"AP50": 0.5}}, "all": {"AP50": 0.5}}, tmp_path)
+    assert paths == [tmp_path / "pr_all.png"] and len(figs["pr_all.png"].axes[0].lines) == 0
+    assert figs["pr_all.png"].axes[0].get_legend() is None
+    metrics = evaluate_queries([q("absent", EMPTY, [A], [0.9])])
+    paths, figs = _plotted(monkeypatch, metrics, tmp_path / "absent")
+    assert [p.name for p in paths] == ["pr_all.png"] and len(figs["pr_all.png"].axes[0].lines) == 0
+
+
+def test_plot_pr_curves_all_row_without_metrics_shows_a_dash(monkeypatch, tmp_path):
+    curve = {"recall": [0.0, 1.0], "precision": [1.0, 0.5]}
+    metrics = {"types": {"category": {"AP50": 0.25}}, "pr_curves": {"category": curve, "all": curve}}
+    _, figs = _plotted(monkeypatch, metrics, tmp_path)
+    assert _legend(figs["pr_all.png"].axes[0])[0] == ["category (AP50 0.250)", "all (AP50 -)"]
+
+
+def test_without_matplotlib_the_message_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from promptdet.errors import PromptdetError
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    with pytest.raises(PromptdetError) as err:
+        plot_pr_curves([], tmp_path / "plots")
+    assert str(err.value) == "PR plots need matplotlib: pip install matplotlib (or pip install 'promptdet[train]')"
+    assert not (tmp_path / "plots").exists()
+
+
+def test_ap_counts_up_to_100_detections_per_query():
+    # 12 GT boxes, each found by its own prediction: with only 10 detections read, AP50 would be 10/12 at best
+    gt = [[20 * i, 0, 20 * i + 10, 10] for i in range(12)]
+    scores = [0.9 - 0.01 * i for i in range(12)]
+    row = evaluate_queries([q("category", gt, gt, scores)])["types"]["category"]
+    assert row["AP50"] == pytest.approx(1.0) and row["AP50_95"] == pytest.approx(1.0)
+
+
+def test_iou_052_is_a_match_at_050_only():
+    gt, pred = [100, 40, 110, 50], [100, 40, 110, 45.2]  # IoU 0.52: above the 0.50 threshold, below 0.55
+    assert box_iou(np.array([gt], float), np.array([pred], float))[0, 0] == pytest.approx(0.52)
+    m = evaluate_queries([q("category", [gt], [pred], [0.9])])
+    assert m["types"]["category"]["AP50"] == pytest.approx(1.0)
+    assert m["types"]["category"]["AP50_95"] == pytest.approx(0.1)
+    assert m["pr_curves"]["category"]["precision"] == pytest.approx([1.0] * 101)
+
+
+def test_pr_curve_recall_is_the_101_coco_points_and_nothing_is_printed(capsys):
+    m = evaluate_queries([q("category", [A, B], [A, C], [0.9, 0.8]), q("category", [C], [C], [0.7], qid=1)])
+    assert m["pr_curves"]["category"]["recall"] == [i / 100 for i in range(101)]
+    assert m["conf"] == 0.25 and evaluate_queries([], conf=0.4)["conf"] == 0.4
+    assert capsys.readouterr() == ("", "")  # pycocotools' progress prints are silenced
+
+
+def test_recall_and_accuracy_add_up_over_queries_of_a_type():
+    # recall: 2 of 3 GT boxes over two queries; acc50: top-1 right in 1 of 2 queries
+    results = [q("referring", [A, B], [A, C], [0.9, 0.8], qid=1), q("referring", [C], [A], [0.9], qid=2)]
+    row = evaluate_queries(results)["types"]["referring"]
+    assert row["recall@conf"] == pytest.approx(1 / 3) and row["acc50"] == 0.5
+    results = [q("referring", [C], [A], [0.9], qid=2), q("referring", [A, B], [A, B], [0.9, 0.8], qid=1)]
+    row = evaluate_queries(results)["types"]["referring"]
+    assert row["recall@conf"] == pytest.approx(2 / 3) and row["acc50"] == 0.5
+
+
+def test_a_score_equal_to_conf_counts_and_iou_05_is_a_hit():
+    half = [10, 10, 50, 90]  # IoU with [10, 10, 50, 50] is exactly 0.5
+    assert box_iou(np.array([A], float), np.array([half], float))[0, 0] == 0.5
+    row = evaluate_queries([q("referring", [A], [half], [0.25])], conf=0.25)["types"]["referring"]
+    assert row["recall@conf"] == 1.0 and row["acc50"] == 1.0
+
+
+def test_boxes_given_as_plain_empty_lists():
+    r = QueryResult(query_id=7, image_id="img", type="category", instruction="x", gt_boxes=[A],
+                    pred_boxes=[], pred_scores=[])
+    row = evaluate_queries([r])["types"]["category"]
+    assert row["AP50"] == 0.0 and row["recall@conf"] == 0.0 and row["gt_boxes"] == 1
+    r = QueryResult(query_id=8, image_id="img", type="absent", instruction="x", gt_boxes=[], pred_boxes=[[1, 2, 3, 4]],
+                    pred_scores=[0.5])
+    assert evaluate_queries([r])["absent_fp_rate"] == 1.0
+    r.gt_boxes = [5.0]  # one number is not an empty list of boxes
+    with pytest.raises(ValueError, match=r"^query 8: gt_boxes must have shape \[N, 4\] xyxy, got \(1,\)$"):
+        evaluate_queries([r])
+
+
+def test_bad_scores_name_their_shape():
+    r = q("category", [A], [A, B], [0.9, 0.8])
+    r.pred_scores = np.array([[0.5, 0.4, 0.3]])
+    with pytest.raises(ValueError) as err:
+        evaluate_queries([r])
+    assert str(err.value) == "query 0: pred_scores must be 2 finite values (one per pred box), got shape (1, 3)"
+
+
+def test_plot_pr_curves_into_a_new_nested_folder_and_uppercase_type_names(monkeypatch, tmp_path):
+    metrics = evaluate_queries([q("Odd Type", [A], [A], [0.9])])
+    paths, _ = _plotted(monkeypatch, metrics, tmp_path / "a" / "b")
+    assert [p.name for p in paths] == ["pr_Odd_Type.png", "pr_all.png"] and all(p.is_file() for p in paths)
+    paths, figs = _plotted(monkeypatch, {}, tmp_path / "c")  # no types at all
+    assert [p.name for p in paths] == ["pr_all.png"] and len(figs["pr_all.png"].axes[0].lines) == 0

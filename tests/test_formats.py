@@ -464,7 +464,8 @@ def test_convert_odvg_with_label_map(tmp_path):
     assert report.skipped == {"category_without_usable_boxes": 1, "degenerate_box": 1}
 
 
-@pytest.mark.parametrize("orientation, size_wh", [(1, (20, 10)), (6, (10, 20)), (8, (10, 20))])
+@pytest.mark.parametrize("orientation, size_wh", [(1, (20, 10)), (3, (20, 10)), (5, (10, 20)), (6, (10, 20)),
+                                                   (7, (10, 20)), (8, (10, 20))])
 def test_yolo_image_size_follows_exif_orientation(tmp_path, orientation, size_wh):
     Image = pytest.importorskip("PIL.Image")
     from promptdet.data.formats.yolo import image_size_wh

@@ -206,8 +206,16 @@ def test_empty_scene_gives_only_absent_pairs():
     scene = {"image": "x.jpg", "width": 640, "height": 480, "objects": []}
     pairs = generate_instructions(scene, np.random.default_rng(0), per_image=4)
     assert pairs and all(p.type == "absent" and p.boxes_xyxy == [] for p in pairs)
-    with pytest.raises(ValueError):
-        generate_instructions(scene, np.random.default_rng(0), absent_rate=1.5)
+    for rate in (1.5, -0.1):
+        with pytest.raises(ValueError) as err:
+            generate_instructions(scene, np.random.default_rng(0), absent_rate=rate)
+        assert str(err.value) == f"absent_rate must be in [0, 1], got {rate}"
+    assert all(p.type == "absent" for p in generate_instructions(scene, np.random.default_rng(0), absent_rate=1.0))
+    with pytest.raises(ValueError) as err:
+        generate_instructions({**scene, "objects": [{"id": 0, "category": "nut", "color": "red", "defects": [],
+                                                     "bbox": [1, 1, 9, 9]}]}, np.random.default_rng(0),
+                              absent_rate=0.0, types=("colour",))
+    assert str(err.value).startswith("unknown instruction type 'colour'; expected one of ('category', ")
 
 
 # A red scratched bottle, a clean blue can and a clean silver bolt: the near misses to ask about.
@@ -227,6 +235,7 @@ def _absent_pairs(mix: str, seed: int) -> list:
     for p in pairs:
         sel = p.extra["query"]["select"]
         assert not any(_fits(o, sel) for o in NEAR_MISS_SCENE["objects"]), p
+        assert subject_problems({"query": p.extra["query"], "instruction": p.instruction}) == [], p
     return pairs
 
 
@@ -446,3 +455,172 @@ def test_a_count_instruction_names_its_number_and_comparison(op, n):
     for _ in range(20):
         text = T.count_instruction(rng, "train", op, n, "washer")
         assert text_problems({"type": "count", "query": {"op": op, "n": n}, "instruction": text}) == [], text
+
+
+# ---- the same checks on scenes built here (no rendering), so every mutation of the generator is
+# seen by a test that calls it: the rendered fixture above is built once per module ----
+
+def _random_scene(rng, i: int) -> dict:
+    from promptdet.data.vocab import COLORS_BY_CATEGORY, DEFECTS_BY_CATEGORY
+
+    objects = []
+    cats = list(rng.choice(CATEGORIES, size=int(rng.integers(1, 4)), replace=False))
+    for k in range(int(rng.integers(2, 9))):
+        cat = cats[int(rng.integers(len(cats)))]
+        cols = COLORS_BY_CATEGORY[cat]
+        col = cols[int(rng.integers(min(2, len(cols))))]  # few colours: colour+kind groups of two and more
+        can = DEFECTS_BY_CATEGORY[cat]
+        defects = [d for d in can if rng.random() < 0.2]
+        w, h = (float(v) for v in rng.integers(8, 70, size=2))
+        x, y = float(rng.integers(0, 320 - w)), float(rng.integers(0, 240 - h))
+        objects.append({"id": k, "category": cat, "color": col, "defects": defects, "bbox": [x, y, x + w, y + h],
+                        "visible_px": int(w * h * rng.uniform(0.6, 1.0))})
+    return {"image": f"{i}.jpg", "width": 320, "height": 240, "objects": objects}
+
+
+def _relation_problems(pair: dict, scene: dict) -> list[str]:
+    """A relation's reference is unique, and its answer is the only part on that side, clear of the rest."""
+    q, objects = pair["query"], scene["objects"]
+    ref = next(o for o in objects if o["id"] == q["ref_id"])
+    sel = {k: v for k, v in q["ref_select"].items() if v is not None}
+    problems = []
+    if [o["id"] for o in objects if _fits(o, sel)] != [ref["id"]]:
+        problems.append(f"reference {sel} is not unique")
+    if sel.get("category") != ref["category"]:
+        problems.append("ref_select does not name the reference's kind")
+    if q["select"]["category"] == ref["category"] and "color" not in sel:
+        problems.append("'the can left of the can'")
+    group = [o for o in objects if o["id"] != ref["id"] and o["category"] == q["select"]["category"]]
+    target = next(o for o in objects if o["id"] == pair["object_ids"][0])
+    x1, y1, x2, y2 = ref["bbox"]
+    if q["relation"] == "next_to":
+        dx = max(x1 - target["bbox"][2], target["bbox"][0] - x2, 0.0)
+        dy = max(y1 - target["bbox"][3], target["bbox"][1] - y2, 0.0)
+        if np.hypot(dx, dy) > 0.75 * max(x2 - x1, y2 - y1):
+            problems.append(f"next_to a part {np.hypot(dx, dy):.1f} px away")
+        return problems
+    centre, ref_c, sign = {"left_of": (_cx, (x1 + x2) / 2, 1), "right_of": (_cx, (x1 + x2) / 2, -1),
+                           "above": (_cy, (y1 + y2) / 2, 1), "below": (_cy, (y1 + y2) / 2, -1)}[q["relation"]]
+    for o in group:
+        if o is not target and sign * (centre(o) - ref_c) <= 0:
+            problems.append(f"part {o['id']} is not clearly on the far side")
+    return problems
+
+
+def _names(text: str, phrases) -> bool:
+    """Whether ``text`` holds one of ``phrases`` (singular or plural), each word allowing one typo."""
+    words = _words(text)
+    return any(_says(words, tuple(_words(form))) for p in phrases for form in (p, T.pluralize(p)))
+
+
+def subject_problems(pair: dict) -> list[str]:
+    """The part kinds, colours and defects the query selects, each named in the words."""
+    q, text = pair["query"], pair["instruction"]
+    named = [q["select"]] + ([q["ref_select"]] if "ref_select" in q else [])
+    problems = []
+    for sel in named:
+        if sel.get("category") and not _names(text, T.CATEGORY_WORDS[sel["category"]]):
+            problems.append(f"names no {sel['category']}")
+        if sel.get("color") and not _names(text, T.COLOR_WORDS[sel["color"]]):
+            problems.append(f"names no {sel['color']}")
+        if sel.get("defect") and not _names(text, T.DEFECT_ADJ[sel["defect"]]
+                                            + tuple(p for pair in T.DEFECT_POST[sel["defect"]] for p in pair)):
+            problems.append(f"names no {sel['defect']}")
+    return problems
+
+
+def _check_scene_pairs(scene: dict, pairs) -> Counter:
+    kinds = Counter()
+    for p in pairs:
+        record = {**p.to_record(), "query": p.extra["query"]}
+        assert p.image == scene["image"]
+        for sel in (record["query"]["select"], record["query"].get("ref_select", {})):
+            assert set(sel) <= {"category", "color", "defect"}, record  # nothing a reader would not recognise
+        assert sorted(p.boxes_xyxy) == sorted(expected_boxes(record, scene["objects"])), record
+        by_id = {o["id"]: o["bbox"] for o in scene["objects"]}
+        assert [by_id[i] for i in p.object_ids] == p.boxes_xyxy
+        assert text_problems(record) == [] and margin_problems(record, scene) == [], record
+        assert subject_problems(record) == [], record
+        if p.type in ("spatial", "superlative", "relation"):
+            assert len(p.boxes_xyxy) == 1, record
+        if p.type in ("category", "attribute", "defect"):
+            assert p.boxes_xyxy, record
+        if p.type == "relation":
+            assert _relation_problems(record, scene) == [], record
+        if p.type == "count":
+            k = sum(o["category"] == record["query"]["select"]["category"] for o in scene["objects"])
+            assert max(1, k - 2) <= record["query"]["n"] <= k + 2, record
+            kinds[("count", record["query"]["n"] - k)] += 1
+            kinds[("count", "n=1")] += record["query"]["n"] == 1
+            kinds[("count", record["query"]["op"])] += 1
+        if p.type == "absent":
+            assert not any(_fits(o, record["query"]["select"]) for o in scene["objects"]), record
+        for key in ("extreme", "relation", "absent"):
+            if key in record["query"]:
+                kinds[(key, record["query"][key])] += 1
+        kinds[p.type] += 1
+    keys = [repr((p.type, sorted(p.extra["query"].items(), key=str))) for p in pairs]
+    assert len(keys) == len(set(keys))  # no question twice
+    return kinds
+
+
+def test_every_pair_of_hand_made_scenes_is_right_and_clear():
+    from promptdet.data.synth.instruct import generate_instructions
+
+    rng = np.random.default_rng(11)
+    kinds = Counter()
+    for i in range(150):
+        scene = _random_scene(rng, i)
+        pairs = generate_instructions(scene, np.random.default_rng(i), per_image=8)
+        assert len(pairs) == 8 or len(pairs) < 8 and len(scene["objects"]) <= 3
+        kinds += _check_scene_pairs(scene, pairs)
+    assert all(kinds[t] >= 20 for t in ("category", "attribute", "defect", "spatial", "superlative", "relation",
+                                        "count", "absent")), kinds
+    assert kinds["absent"] / sum(kinds[t] for t in INSTRUCTION_TYPES) == pytest.approx(0.2, abs=0.05)
+    # counts: each comparison, and thresholds from 2 below to 2 above the true count
+    counted = {key[1] for key in kinds if isinstance(key, tuple) and key[0] == "count"}
+    assert counted == set(COMPARISONS) | {-2, -1, 0, 1, 2} | {"n=1"}
+    # every extreme and every relation is asked where a scene allows it, and each kind of absent query
+    asked = {key for key in kinds if isinstance(key, tuple) and key[0] != "count"}
+    assert asked == {("extreme", e) for e in ("leftmost", "rightmost", "topmost", "bottommost", "largest", "smallest")} \
+        | {("relation", r) for r in ("left_of", "right_of", "above", "below", "next_to")} \
+        | {("absent", a) for a in ("category", "color", "defect")}, kinds
+
+
+def test_set_queries_name_kinds_colours_and_defects_in_their_mix():
+    from promptdet.data.synth.instruct import generate_instructions
+
+    scene = {"image": "s.jpg", "width": 320, "height": 240, "objects": [
+        {"id": 0, "category": "bottle", "color": "red", "defects": ["scratch", "dent"], "bbox": [10, 10, 50, 90]},
+        {"id": 1, "category": "bottle", "color": "green", "defects": [], "bbox": [100, 10, 140, 90]},
+        {"id": 2, "category": "can", "color": "red", "defects": ["dent"], "bbox": [200, 100, 240, 160]}]}
+    sels = {t: Counter() for t in ("category", "attribute", "defect")}
+    for seed in range(400):
+        for t in sels:
+            for p in generate_instructions(scene, np.random.default_rng(seed), per_image=1, absent_rate=0.0, types=(t,)):
+                sels[t][json.dumps(p.extra["query"]["select"], sort_keys=True)] += 1
+                _check_scene_pairs(scene, [p])
+    cat, attr, defect = sels["category"], sels["attribute"], sels["defect"]
+    assert set(cat) == {'{"category": "bottle"}', '{"category": "can"}', "{}"}
+    assert 0.015 < cat["{}"] / 400 < 0.06  # "all parts" now and then: 1 in 10 draws offer it, among 3
+    assert set(attr) == {'{"category": "bottle", "color": "green"}', '{"category": "bottle", "color": "red"}',
+                         '{"category": "can", "color": "red"}', '{"color": "green"}', '{"color": "red"}'}
+    # "defective parts" 3 in 10 draws offer it, among 8; no selector that matches nothing (no "scratched cans")
+    assert 0.02 < defect['{"defect": "any"}'] / 400 < 0.06
+    assert '{"category": "can", "defect": "scratch"}' not in defect
+    assert {'{"category": "bottle", "defect": "any"}', '{"category": "can", "defect": "any"}',
+            '{"category": "bottle", "defect": "scratch"}', '{"category": "bottle", "defect": "dent"}',
+            '{"category": "can", "defect": "dent"}', '{"defect": "dent"}', '{"defect": "scratch"}'} <= set(defect)
+
+
+def test_an_empty_scene_never_names_a_part_kind_in_its_absent_queries():
+    """An empty scene has no kind to tie an absent colour or defect to: "blue parts", never a crash."""
+    from promptdet.data.synth.instruct import ABSENT_KINDS, generate_instructions
+
+    scene = {"image": "x.jpg", "width": 640, "height": 480, "objects": []}
+    for mix in ABSENT_KINDS:
+        for seed in range(20):
+            pairs = generate_instructions(scene, np.random.default_rng(seed), per_image=6, absent_mix=mix)
+            assert len(pairs) >= 4 and all(p.type == "absent" and p.boxes_xyxy == [] for p in pairs)
+            assert not any("category" in p.extra["query"]["select"] and p.extra["query"]["absent"] != "category"
+                           for p in pairs)

@@ -20,29 +20,38 @@ MINIMAL = {"version": 1, "source": {"uri": "line.mp4"},
 class SizedPredictor:
     """Stands in for one size of the model: fixed boxes, scores and prompt ids."""
 
-    def __init__(self, imgsz, boxes, scores, ids, conf=0.25, iou=0.6, max_det=300, prompts=PROMPTS):
+    def __init__(self, imgsz, boxes, scores, ids, conf=0.25, iou=0.6, max_det=300, prompts=PROMPTS, **flags):
         self.imgsz, self.conf, self.iou, self.max_det, self.prompts = imgsz, conf, iou, max_det, list(prompts)
         self.out = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), np.asarray(ids))
-        self.calls = 0
+        self.flags = flags  # familiarity, unfamiliar, prompt_familiarity, unknown_prompts, abstained
+        self.calls = []
 
     def __call__(self, image, name=None, frame=None, read_ms=0.0, keep_image=True):
-        self.calls += 1
+        self.calls.append({"image": image, "name": name, "frame": frame, "read_ms": read_ms, "keep_image": keep_image})
         b, s, k = self.out
-        ms = {"read": read_ms, "text": 0.0, "preprocess": 1.0, "infer": 10.0, "post": 0.5, "total": read_ms + 11.5}
-        return Detections(b, s, k, self.prompts, (64, 48), name, ms, frame)
+        # no "text" key: a predictor that never encodes text may leave it out
+        ms = {"read": read_ms, "preprocess": 1.0, "infer": 10.0, "post": 0.5, "total": read_ms + 11.5}
+        return Detections(b, s, k, self.prompts, (64, 48), name, ms, frame, image if keep_image else None,
+                          **self.flags)
 
 
 def test_merge_keeps_each_sizes_finds_and_one_box_per_part():
     a = SizedPredictor(640, [[10, 10, 20, 20], [30, 5, 40, 15]], [0.5, 0.3], [0, 1])
     b = SizedPredictor(768, [[11, 10, 21, 20], [0, 30, 8, 40]], [0.7, 0.4], [0, 0])
-    det = MultiScalePredictor([a, b])(np.zeros((48, 64, 3), np.uint8), "img", 3, read_ms=2.0)
-    assert a.calls == b.calls == 1 and det.frame == 3 and det.image == "img" and det.prompts == PROMPTS
+    image = np.zeros((48, 64, 3), np.uint8)
+    det = MultiScalePredictor([a, b])(image, "img", 3, read_ms=2.0)
+    # each size is asked once, without the read time and without keeping its own copy of the image
+    for p in (a, b):
+        (call,) = p.calls
+        assert call.pop("image") is image
+        assert call == {"name": "img", "frame": 3, "read_ms": 0.0, "keep_image": False}
+    assert det.frame == 3 and det.image == "img" and det.prompts == PROMPTS
     # the same part seen at both sizes is one box, the higher score's; a part one size alone found stays
     assert det.scores.tolist() == pytest.approx([0.7, 0.4, 0.3])
     assert det.prompt_ids.tolist() == [0, 0, 1]
     assert det.boxes_xyxy[0].tolist() == [11, 10, 21, 20]
     assert det.timing_ms["infer"] == pytest.approx(20.0) and det.timing_ms["read"] == 2.0
-    assert det.timing_ms["total"] == pytest.approx(25.0)
+    assert det.timing_ms["total"] == pytest.approx(25.0) and det.timing_ms["text"] == 0.0
 
 
 def test_prompts_never_suppress_each_other_and_max_det_holds():
@@ -54,6 +63,35 @@ def test_prompts_never_suppress_each_other_and_max_det_holds():
     assert det.scores.tolist() == pytest.approx([0.9, 0.8])
 
 
+def test_the_image_size_and_pixels_are_the_callers():
+    image = np.zeros((30, 50, 3), np.uint8)  # not the (64, 48) the stand-ins report
+    pred = MultiScalePredictor([SizedPredictor(640, [], [], []), SizedPredictor(768, [], [], [])])
+    det = pred(image)
+    assert det.image_wh == (50, 30) and det.image_bgr is image and det.image is None and det.frame is None
+    assert det.timing_ms["read"] == 0.0 and det.timing_ms["total"] == pytest.approx(23.0)
+    assert pred(image, keep_image=False).image_bgr is None
+    assert pred.imgsz == [640, 768] and pred.prompts == PROMPTS
+    assert (pred.conf, pred.iou, pred.max_det) == (0.25, 0.6, 300)
+
+
+def test_the_least_familiar_size_speaks_for_the_image():
+    a = SizedPredictor(640, [[10, 10, 20, 20]], [0.5], [0], familiarity=0.9, prompt_familiarity=[0.2, 0.8],
+                       unknown_prompts=[0])
+    b = SizedPredictor(768, [], [], [], familiarity=0.3, unfamiliar=True, prompt_familiarity=[0.6, 0.4],
+                       unknown_prompts=[1], abstained=True)
+    c = SizedPredictor(896, [], [], [], familiarity=0.5, prompt_familiarity=[0.7, 0.9])
+    for order in ([a, b, c], [c, b, a], [b, a, c]):
+        det = MultiScalePredictor(order)(np.zeros((48, 64, 3), np.uint8))
+        assert det.familiarity == pytest.approx(0.3) and det.unfamiliar
+        assert det.prompt_familiarity.tolist() == pytest.approx([0.2, 0.4])  # per prompt, the lowest
+        assert det.unknown_prompts == [0, 1] and det.abstained
+    det = MultiScalePredictor([a, c])(np.zeros((48, 64, 3), np.uint8))
+    assert det.familiarity == pytest.approx(0.5) and not det.unfamiliar and not det.abstained
+    assert det.unknown_prompts == [0]
+    # one size abstaining is enough
+    assert MultiScalePredictor([c, b])(np.zeros((48, 64, 3), np.uint8)).abstained
+
+
 def test_nothing_found_at_any_size_is_empty():
     det = MultiScalePredictor([SizedPredictor(640, [], [], []), SizedPredictor(768, [], [], [])])(
         np.zeros((48, 64, 3), np.uint8))
@@ -61,11 +99,12 @@ def test_nothing_found_at_any_size_is_empty():
 
 
 def test_predictors_must_agree():
-    with pytest.raises(ValueError, match="share prompts"):
+    message = "^the predictors of a MultiScalePredictor must share prompts, conf, iou and max_det$"
+    with pytest.raises(ValueError, match=message):
         MultiScalePredictor([SizedPredictor(640, [], [], []), SizedPredictor(768, [], [], [], conf=0.3)])
-    with pytest.raises(ValueError, match="share prompts"):
+    with pytest.raises(ValueError, match=message):
         MultiScalePredictor([SizedPredictor(640, [], [], []), SizedPredictor(768, [], [], [], prompts=["x", "y"])])
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="^MultiScalePredictor needs at least one predictor$"):
         MultiScalePredictor([])
 
 

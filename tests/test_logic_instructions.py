@@ -153,3 +153,19 @@ def test_forms_are_opt_in_by_weight():
     assert weighted_types({"negation": 2}).count("negation") == 2
     with pytest.raises(ValueError, match="unknown type"):
         weighted_types({"negations": 1})
+
+
+def test_weights_repeat_types_in_order_and_are_checked_whole():
+    from promptdet.data.synth.instruct import ALL_TYPES, POSITIVE_TYPES
+
+    assert weighted_types({}) == weighted_types(None) == POSITIVE_TYPES
+    assert weighted_types({"defect": 3, "negation": 1}) == tuple(
+        t for t in POSITIVE_TYPES for _ in range(3 if t == "defect" else 1)) + ("negation",)
+    assert weighted_types({"count": 10}).count("count") == 10
+    for bad in (0, 11, True, 1.5, "2"):
+        with pytest.raises(ValueError) as err:
+            weighted_types({"count": bad})
+        assert str(err.value) == f"'count={bad}': the weight must be a whole number from 1 to 10"
+    with pytest.raises(ValueError) as err:
+        weighted_types({"negations": 1})
+    assert str(err.value) == f"unknown type 'negations' (valid: {', '.join(ALL_TYPES)})"
