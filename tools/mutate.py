@@ -37,7 +37,8 @@ MODULES = {
     "data/formats": (["promptdet/data/formats/*"],
                      ["tests/test_formats.py", "tests/test_formats_messages.py", "tests/test_jsonl.py"]),
     "data/synth/instruct": (["promptdet/data/synth/instruct.py"],
-                            ["tests/test_instructions.py", "tests/test_logic_instructions.py"]),
+                            ["tests/test_instructions.py", "tests/test_logic_instructions.py",
+                             "tests/test_user_vocab.py", "tests/test_empty_answers.py"]),
     # stand-ins for the export and the torch model: test_export.py exports a real model per run
     "export/verify": (["promptdet/export/verify.py"], ["tests/test_export_parity.py"]),
     # the cache's own tests: the encoder tests that also use it load MiniLM, slow enough per mutant to
