@@ -88,9 +88,8 @@ def detect(
         warnings.showwarning = lambda message, *args, **kwargs: say(f"warning: {message}")
         from promptdet.errors import UsageError
         from promptdet.predict import ResultWriter, check_output, collect_prompts, expand_sources
-        from promptdet.text.prompts import shorten
-
         from promptdet.runtime.onnx import is_export_dir
+        from promptdet.text.prompts import shorten
 
         prompts = collect_prompts(prompt, prompts_file)
         if backend not in ("auto", "torch", "onnx"):
