@@ -7,6 +7,7 @@ so each limit is probed from both sides in milliseconds (test_export.py runs the
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -14,8 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from promptdet.export import verify  # noqa: E402
-from promptdet.export.verify import (  # noqa: E402
+from promptdet.export import verify
+from promptdet.export.verify import (
     PARITY_PROMPTS,
     check_parity,
     compare_candidates,
@@ -40,7 +41,7 @@ class Encoding:
 class Encoder:
     """The torch text encoder: ids right-padded with 0, features from the prompts' lengths."""
 
-    class tokenizer:  # noqa: N801 (an attribute, as on the real encoder)
+    class tokenizer:
         pad_token_id = 0
 
     def __init__(self):
@@ -91,7 +92,7 @@ def graph_outputs(x, pooled, tokens, mask):
 
 
 class Graph:
-    made_with = []
+    made_with: ClassVar[list] = []
 
     def __init__(self, detector):
         Graph.made_with.append(detector)
@@ -105,12 +106,12 @@ class Graph:
 class Onnx:
     """The export folder as the parity check sees it; ``drift`` says what differs from torch."""
 
-    drift: dict = {}
-    meta: dict = {"precision": "fp32", "dynamic": True}
+    drift: ClassVar[dict] = {}
+    meta: ClassVar[dict] = {"precision": "fp32", "dynamic": True}
     imgsz = 64
     takes_prompts = True
-    baked_prompts: list = []
-    opened = []
+    baked_prompts: ClassVar[list] = []
+    opened: ClassVar[list] = []
 
     def __init__(self, export_dir, providers=None, detector_file=None):
         type(self).opened.append((export_dir, providers, detector_file))

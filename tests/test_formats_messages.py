@@ -229,8 +229,8 @@ def _yolo(tmp_path, names="names: [cat, dog]\n", labels=None, size=(20, 10)) -> 
 
 
 @pytest.mark.parametrize("line, where", [
-    ("0 0.5 0.5 0.2", ":1: expected 'class cx cy w h', got '0 0.5 0.5 0.2' "
-                      "(segmentation and pose labels are not supported)"),
+    ("0 0.5 0.5 0.2", (":1: expected 'class cx cy w h', got '0 0.5 0.5 0.2' "
+                       "(segmentation and pose labels are not supported)")),
     ("c 0.5 0.5 0.2 0.2", ":1: field 'class': expected an integer, got 'c'"),
     ("2 0.5 0.5 0.2 0.2", ":1: field 'class': 2 is not a class index 0..1"),
     ("-1 0.5 0.5 0.2 0.2", ":1: field 'class': -1 is not a class index 0..1"),
@@ -438,7 +438,7 @@ def test_odvg_label_map_messages(tmp_path):
                         ({"0": " "}, ": field '0': expected a category name, got ' '"),
                         ({"0": 3}, ": field '0': expected a category name, got 3")):
         lm = _json(tmp_path / "lm.json", data)
-        assert _error(lambda: IMPORTERS["odvg"](src, label_map=lm)) == f"{lm}{where}"
+        assert _error(lambda lm=lm: IMPORTERS["odvg"](src, label_map=lm)) == f"{lm}{where}"
     lm = _json(tmp_path / "lm.json", {"1": "dog"})
     assert _error(lambda: IMPORTERS["odvg"](src, label_map=lm)) == (
         f"{src}:1: field 'detection.instances[0].label': 0 is not in the label map")

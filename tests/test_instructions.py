@@ -272,7 +272,7 @@ def test_confusable_absent_mix_names_the_defective_part_with_another_defect():
         return sels
 
     confusable, defect = defect_queries("confusable"), defect_queries("defect")
-    on_bottle = lambda sels: sum(s.get("category") == "bottle" for s in sels) / len(sels)  # noqa: E731
+    on_bottle = lambda sels: sum(s.get("category") == "bottle" for s in sels) / len(sels)
     assert on_bottle(confusable) > on_bottle(defect) + 0.15
     # A scene with no defective part falls back to absent defects of any part.
     clean = {**scene, "objects": [{**o, "defects": []} for o in scene["objects"]]}
@@ -596,9 +596,9 @@ def test_set_queries_name_kinds_colours_and_defects_in_their_mix():
         {"id": 2, "category": "can", "color": "red", "defects": ["dent"], "bbox": [200, 100, 240, 160]}]}
     sels = {t: Counter() for t in ("category", "attribute", "defect")}
     for seed in range(400):
-        for t in sels:
+        for t, counts in sels.items():
             for p in generate_instructions(scene, np.random.default_rng(seed), per_image=1, absent_rate=0.0, types=(t,)):
-                sels[t][json.dumps(p.extra["query"]["select"], sort_keys=True)] += 1
+                counts[json.dumps(p.extra["query"]["select"], sort_keys=True)] += 1
                 _check_scene_pairs(scene, [p])
     cat, attr, defect = sels["category"], sels["attribute"], sels["defect"]
     assert set(cat) == {'{"category": "bottle"}', '{"category": "can"}', "{}"}

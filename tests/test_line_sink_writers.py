@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -80,8 +81,8 @@ def test_jsonl_connect_makes_folders_and_cuts_a_torn_line(tmp_path, caplog):
         sink._connect()
     cut = len(b'{"part_id":"p1","ts"')
     assert sink.counts["repaired"] == 1
-    assert caplog.messages == [f"sink audit: {path} ended in a torn line; cut {cut} bytes off "
-                               "(kept in results.jsonl.torn-*)"]
+    assert caplog.messages == [(f"sink audit: {path} ended in a torn line; cut {cut} bytes off "
+                                "(kept in results.jsonl.torn-*)")]
     sink.write([sink.prepare(_record(2))])
     sink._disconnect()
     assert [json.loads(x)["part_id"] for x in path.read_text().splitlines()] == ["p0", "p2"]
@@ -311,8 +312,8 @@ def test_image_sink_skips_on_a_full_disk_with_one_warning(tmp_path, monkeypatch,
         sink.write(payloads)
         sink.write([sink.prepare((_record(3, "FAIL"), image))])
     assert payloads == [] and sink.counts["skipped"] == 4 and not list((tmp_path / "img").iterdir())
-    assert caplog.messages == [f"sink fails: under 50 MB free on {tmp_path / 'img'}; FAIL images are skipped "
-                               "while it lasts"]
+    assert caplog.messages == [(f"sink fails: under 50 MB free on {tmp_path / 'img'}; FAIL images are skipped "
+                                "while it lasts")]
     usage.free = 50 * 1024 * 1024  # exactly the floor is enough
     sink.write([sink.prepare((_record(4, "FAIL"), image))])
     assert [p.name for p in (tmp_path / "img").iterdir()] == ["0000001004000_p4.jpg"]
@@ -354,10 +355,10 @@ def test_draw_verdict_of_a_bare_record_and_a_long_banner():
 # ---------------------------------------------------------------- webhook
 
 class _Hook(http.server.BaseHTTPRequestHandler):
-    got: list = []
+    got: ClassVar[list] = []
     status = 200
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).got.append((self.command, self.path, dict(self.headers), body))
         self.send_response(type(self).status)

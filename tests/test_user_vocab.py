@@ -407,7 +407,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("PROMPTDET_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "promptdet.cli.main", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          text=True, env=env, timeout=300, check=False)
 
 
 @pytest.fixture
