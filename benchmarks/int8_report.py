@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.config import ConfigError  # noqa: E402
-from promptdet.data.sources import load_eval_split  # noqa: E402
-from promptdet.export.quantize import (DEFAULT_MAX_IMAGES, INT8_FILE, _cpu_name, quantize_detector,  # noqa: E402
+from promptdet.config import ConfigError
+from promptdet.data.sources import load_eval_split
+from promptdet.export.quantize import (DEFAULT_MAX_IMAGES, INT8_FILE, _cpu_name, quantize_detector,
                                        time_graphs)
-from promptdet.runtime.onnx import OnnxModel  # noqa: E402
-from promptdet.runtime.preprocess import to_input  # noqa: E402
-from promptdet.train.evaluate import ALL, QueryResult, evaluate_queries  # noqa: E402
+from promptdet.runtime.onnx import OnnxModel
+from promptdet.runtime.preprocess import to_input
+from promptdet.train.evaluate import ALL, QueryResult, evaluate_queries
 
 
 def eval_pairs(data: str, split: str, max_images: int):

@@ -16,9 +16,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conftest import settle_tiny_detector  # noqa: E402
+from conftest import settle_tiny_detector
 
-from promptdet.structures import SCHEMA, Detections  # noqa: E402
+from promptdet.structures import SCHEMA, Detections
 
 KNOWN = ["find the bottles", "the gears", "all cans", "the red boxes", "scratched nuts", "every washer"]
 FOREIGN = ["find the dogs", "the cats", "all horses", "the red cars", "people", "every bicycle"]

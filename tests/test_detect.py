@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.cli.main import app  # noqa: E402
-from promptdet.errors import UsageError  # noqa: E402
-from promptdet.predict import (  # noqa: E402
+from promptdet.cli.main import app
+from promptdet.errors import UsageError
+from promptdet.predict import (
     ImageReadError, coco_results, expand_sources, read_image, to_bgr8)
-from promptdet.structures import SCHEMA, Detections  # noqa: E402
+from promptdet.structures import SCHEMA, Detections
 
 runner = CliRunner()
 PROMPTS = ["red bottle", "a cap"]

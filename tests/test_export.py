@@ -21,12 +21,12 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conftest import settle_tiny_detector  # noqa: E402
+from conftest import settle_tiny_detector
 
-from promptdet.cli.main import app  # noqa: E402
-from promptdet.errors import PromptdetError, UsageError  # noqa: E402
-from promptdet.export.verify import compare_candidates  # noqa: E402
-from promptdet.structures import Detections  # noqa: E402
+from promptdet.cli.main import app
+from promptdet.errors import PromptdetError, UsageError
+from promptdet.export.verify import compare_candidates
+from promptdet.structures import Detections
 
 runner = CliRunner()
 BAKED = ["red bottle", "a gear"]

@@ -13,10 +13,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.config import ConfigError, read_yaml  # noqa: E402
-from promptdet.errors import PromptdetError  # noqa: E402
-from promptdet.runtime import imageio  # noqa: E402
-from promptdet.runtime.imageio import ImageReadError  # noqa: E402
+from promptdet.config import ConfigError, read_yaml
+from promptdet.errors import PromptdetError
+from promptdet.runtime import imageio
+from promptdet.runtime.imageio import ImageReadError
 
 
 # ---------------------------------------------------------------- images: a Radiance HDR bomb

@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.cli.main import app  # noqa: E402
-from promptdet.errors import UsageError  # noqa: E402
-from promptdet.line.pipeline import Inspector, LineStats, run_line  # noqa: E402
-from promptdet.line.recipe import recipe_from_dict  # noqa: E402
-from promptdet.line.sinks import JsonlSink, Sink  # noqa: E402
-from promptdet.line.sources import Frame  # noqa: E402
+from promptdet.cli.main import app
+from promptdet.errors import UsageError
+from promptdet.line.pipeline import Inspector, LineStats, run_line
+from promptdet.line.recipe import recipe_from_dict
+from promptdet.line.sinks import JsonlSink, Sink
+from promptdet.line.sources import Frame
 
 runner = CliRunner()
 

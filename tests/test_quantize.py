@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from promptdet.errors import UsageError  # noqa: E402
+from promptdet.errors import UsageError
 
 FLOAT_PREFIXES = ("/detector/reasoner/", "/detector/similarity/", "/detector/text_proj/")
 

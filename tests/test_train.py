@@ -15,8 +15,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.config import ModelConfig  # noqa: E402
-from promptdet.train import checkpoint as ckpt  # noqa: E402
+from promptdet.config import ModelConfig
+from promptdet.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"imgsz": 64, "batch": 4, "workers": 0, "val_max_pairs": 12, "progress": False}
@@ -213,7 +213,7 @@ def test_type_weights_and_hard_absent_mix_shape_the_drawn_instructions(tiny_data
         return counts
 
     plain, weighted = drawn(), drawn(type_weights={"defect": 3}, absent_rate=0.4, absent_mix="hard")
-    positive_share = lambda c, t: c[t] / (sum(c.values()) - c["absent"])  # noqa: E731
+    positive_share = lambda c, t: c[t] / (sum(c.values()) - c["absent"])
     assert positive_share(weighted, "defect") > positive_share(plain, "defect") + 0.05, (plain, weighted)
     assert weighted["absent"] / sum(weighted.values()) > plain["absent"] / sum(plain.values()), (plain, weighted)
 

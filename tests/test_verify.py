@@ -12,10 +12,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptdet.config import ConfigError, ModelConfig, model_config_from_dict  # noqa: E402
-from promptdet.model.detector import PromptDetector  # noqa: E402
-from promptdet.model.verify import CropVerifier  # noqa: E402
-from promptdet.train.loss import PromptDetLoss, PromptTargets  # noqa: E402
+from promptdet.config import ConfigError, ModelConfig, model_config_from_dict
+from promptdet.model.detector import PromptDetector
+from promptdet.model.verify import CropVerifier
+from promptdet.train.loss import PromptDetLoss, PromptTargets
 
 TEXT_DIM = 384
 

@@ -34,7 +34,7 @@ def user_errors():
     except (DataFormatError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError, ValueError) as exc:
         raise fail(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+    except Exception as exc:
         if os.environ.get("PROMPTDET_DEBUG"):
             raise
         raise fail(f"{type(exc).__name__}: {exc} (set PROMPTDET_DEBUG=1 for the traceback)") from None

@@ -368,7 +368,7 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - click's (or typer's vendored click's) own errors
+    except Exception as exc:
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             # A bug of ours, not the user's: still one line, the traceback only on request.
             if os.environ.get("PROMPTDET_DEBUG"):

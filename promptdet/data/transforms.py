@@ -36,11 +36,11 @@ from typing import Sequence
 # albumentations otherwise asks PyPI for a newer version at import time (up to 2 s, network).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import albumentations as A
+import cv2
+import numpy as np
 
-from promptdet.data.pairs import InstructionPair  # noqa: E402
+from promptdet.data.pairs import InstructionPair
 
 __all__ = [
     "InstructionAugment",

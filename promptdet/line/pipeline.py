@@ -163,7 +163,7 @@ class Inspector:
         for _ in range(runs):
             try:
                 det = self.predictor(blank, "warm-up", None, keep_image=False)
-            except Exception as exc:  # noqa: BLE001 - reported as one line, the line does not start
+            except Exception as exc:
                 raise UsageError(f"the model failed its warm-up run: {type(exc).__name__}: {exc}") from exc
         if det.unknown_prompts:
             # A check the model cannot understand would PASS every part: refuse it before the first one.

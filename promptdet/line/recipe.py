@@ -282,7 +282,7 @@ def _positive(value: float | None, where: str, allow_zero: bool = False) -> None
 
 
 def _validate(r: LineRecipe, file: str) -> None:
-    w = lambda keys: _where(file, keys)  # noqa: E731 - short local helper for messages
+    w = lambda keys: _where(file, keys)
     m = r.model
     _choice(m.backend, BACKENDS, w("model.backend"))
     if m.detector is not None and (m.backend == "torch" or Path(m.detector).name != m.detector):

@@ -66,7 +66,7 @@ def open_source(recipe: LineRecipe, stop: threading.Event, software: SoftwareTri
         kind = "genicam"
     elif kind == "auto":
         kind = "folder" if Path(str(spec.uri)).is_dir() else "opencv"
-    on_event = lambda event: stderr_line(f"source: {event['event']} {event.get('reason', '')}".rstrip())  # noqa: E731
+    on_event = lambda event: stderr_line(f"source: {event['event']} {event.get('reason', '')}".rstrip())
     if kind == "folder":
         source = FolderSource(spec.uri, watch=spec.trigger != "every-frame", on_event=on_event)
     elif kind == "genicam":

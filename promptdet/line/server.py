@@ -82,7 +82,7 @@ def serve(port: int, health: Callable[[], dict], metrics: Callable[[], str],
             self.close_connection = True
             self._send(code, why + "\n")
 
-        def do_GET(self):  # noqa: N802 - the http.server API
+        def do_GET(self):
             path = urlparse(self.path).path
             if path == "/health":
                 state = health()
@@ -106,7 +106,7 @@ def serve(port: int, health: Callable[[], dict], metrics: Callable[[], str],
                 return None
             return self.rfile.read(length)
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             url = urlparse(self.path)
             if url.path != "/trigger" or trigger is None:
                 self._send(404, "not found (POST /trigger needs source.trigger: software)\n")
@@ -134,7 +134,7 @@ def serve(port: int, health: Callable[[], dict], metrics: Callable[[], str],
                 return
             self._send(202, json.dumps({"triggered": True, "part_id": part}), "application/json")
 
-        def log_error(self, format, *args):  # noqa: A002 - the http.server API; timeouts, bad request lines
+        def log_error(self, format, *args):
             log.warning("http: %s: %s", self.client_address[0], (format % args)[:200])
 
         def log_message(self, *args):  # successful requests are not worth a stderr line each

@@ -241,7 +241,7 @@ class WebhookSink(Sink):
     def write(self, payloads: list) -> None:
         while payloads:
             request = urllib.request.Request(self.url, data=payloads[0], headers=self.headers, method="POST")
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - scheme checked
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 response.read()
             del payloads[0]
 

@@ -13,16 +13,16 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 
 try:
-    from ultralytics.nn.modules.block import C2PSA, C3k2, DFL, SPPF  # noqa: E402
-    from ultralytics.nn.modules.conv import Concat, Conv, DWConv  # noqa: E402
-    from ultralytics.utils.loss import BboxLoss  # noqa: E402
-    from ultralytics.utils.tal import TaskAlignedAssigner, bbox2dist, dist2bbox, make_anchors  # noqa: E402
+    from ultralytics.nn.modules.block import C2PSA, C3k2, DFL, SPPF
+    from ultralytics.nn.modules.conv import Concat, Conv, DWConv
+    from ultralytics.utils.loss import BboxLoss
+    from ultralytics.utils.tal import TaskAlignedAssigner, bbox2dist, dist2bbox, make_anchors
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(f"promptdet's model needs ultralytics ({exc}); pip install 'promptdet[train]'") from exc
 
 __all__ = ["C2PSA", "C3k2", "DFL", "SPPF", "Concat", "Conv", "DWConv", "BboxLoss", "TaskAlignedAssigner",
            "bbox2dist", "dist2bbox", "make_anchors"]
 
-from ultralytics.utils.torch_utils import ModelEMA  # noqa: E402
+from ultralytics.utils.torch_utils import ModelEMA
 
 __all__ += ["ModelEMA"]
