@@ -261,6 +261,58 @@ def test_loss_takes_half_precision_outputs_as_under_amp(tiny_data, tmp_path, enc
     assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)
 
 
+def _empty_targets(answer_rows, valid_rows=None, b=2, k=3, g=2):
+    from promptdet.train.loss import PromptTargets
+
+    mask = torch.zeros(b, k, g, dtype=torch.bool)
+    for i, j in answer_rows:
+        mask[i, j, 0] = True
+    valid = torch.ones(b, k, dtype=torch.bool)
+    for i, j in valid_rows or []:
+        valid[i, j] = False
+    boxes = torch.zeros(b, k, g, 4)
+    return PromptTargets(boxes, mask, boxes.clone(), mask.clone(), valid)
+
+
+@pytest.mark.parametrize("answer_rows, padding_rows, expected", [
+    # every row has an answer: nothing to punish, a zero that still backpropagates
+    ([(i, j) for i in range(2) for j in range(3)], [], 0.0),
+    # one empty row whose best candidate has logit 5 (the others are below it): softplus(5)
+    ([(i, j) for i in range(2) for j in range(3) if (i, j) != (1, 2)], [], 5.006715),
+    # the empty row is padding: ignored
+    ([(i, j) for i in range(2) for j in range(3) if (i, j) != (1, 2)], [(1, 2)], 0.0),
+])
+def test_empty_answer_loss_punishes_the_best_candidate_of_empty_rows(answer_rows, padding_rows, expected):
+    from promptdet.train.loss import empty_answer_loss
+
+    logits = torch.full((2, 3, 4), -3.0)
+    logits[1, 2, 1] = 5.0
+    logits[1, 2, 3] = 9.0  # not a valid candidate: never the "best" one
+    logits.requires_grad_(True)
+    valid = torch.ones(2, 3, 4, dtype=torch.bool)
+    valid[1, 2, 3] = False
+    loss = empty_answer_loss(logits, valid, _empty_targets(answer_rows, padding_rows))
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    loss.backward()
+    touched = (logits.grad != 0).nonzero().tolist()
+    assert touched == ([[1, 2, 1]] if expected else [])  # only the top valid candidate of the empty row
+
+
+def test_empty_weight_adds_its_loss_term(tiny_data, tmp_path, encoder):
+    from promptdet.train.validate import encode_prompt_grid
+
+    trainer = _trainer(tiny_data / "tiny.yaml", tmp_path / "empty", encoder, epochs=1, empty_weight=2.0,
+                       absent_rate=1.0)
+    images, prompts, targets, _ = next(iter(trainer.loader))
+    assert not targets.answer_mask.any()  # every instruction of this step has an empty answer
+    pooled, tokens, mask = encode_prompt_grid(trainer.encoder, prompts, trainer.device)
+    out = trainer.model(images.float() / 255, pooled, tokens, mask)
+    loss, items = trainer.loss(out, targets, images.shape[2:])
+    assert items["empty"] > 0
+    off = _trainer(tiny_data / "tiny.yaml", tmp_path / "off", encoder, epochs=1)
+    assert "empty" not in off.loss(out, targets, images.shape[2:])[1]
+
+
 def test_prompt_lr_mult_scales_only_the_prompt_side(tiny_data, tmp_path, encoder):
     from promptdet.train.trainer import PROMPT_SIDE
 

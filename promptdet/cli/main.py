@@ -209,6 +209,9 @@ def train(
     distractors: float = typer.Option(0.0, "--distractors", min=0.0, max=1.0,
                                       help="Share of training images swapped for a procedural texture with every "
                                            "answer empty, so the answer depends on the picture."),
+    empty_weight: float = typer.Option(0.0, "--empty-weight", min=0.0,
+                                       help="Weight of a loss on the best box of each instruction whose answer is "
+                                            "empty, so absent things get no box. 0 = off."),
     defect_probe: float = typer.Option(0.0, "--defect-probe", min=0.0,
                                        help="Weight of a training-only loss that reads each part's defect kind from "
                                             "its region embedding (synthetic scenes), so defect kinds stay apart. 0 = off."),
@@ -250,7 +253,7 @@ def train(
                           prompt_lr_mult=prompt_lr_mult,
                           absent_rate=absent_rate, absent_mix=absent_mix, native_crop=native_crop,
                           foreign_absent=foreign_absent, distractors=distractors, max_steps=max_steps,
-                          val_imgsz=val_imgsz, defect_probe=defect_probe, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
+                          val_imgsz=val_imgsz, defect_probe=defect_probe, empty_weight=empty_weight, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs,
                           train_only=[n.strip() for n in train_only.split(",") if n.strip()])
     if metrics:

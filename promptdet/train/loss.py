@@ -62,14 +62,19 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 class PromptDetLoss:
     """Weights follow YOLO's defaults (box 7.5, cls 0.5, dfl 1.5); ``reason`` weighs stage 2.
 
+    ``empty`` weighs a loss on the *best* candidate of each instruction whose answer is empty
+    (BCE towards 0 on its logit). Stage 2's loss spreads over all of a row's candidates, so one
+    confident box on an absent thing costs little there, yet it is exactly what a user sees ("a
+    box for something that is not in the picture"). 0 = off.
+
     Stage 1 (assignment over every anchor, BCE, box losses) is skipped when its outputs carry no
     gradient: a run that trains only later stages (``--train-only verifier``) gains nothing from it.
     """
 
     def __init__(self, reg_max: int = 16, box: float = 7.5, cls: float = 0.5, dfl: float = 1.5,
-                 reason: float = 1.0, topk: int = 10):
+                 reason: float = 1.0, topk: int = 10, empty: float = 0.0):
         self.reg_max = reg_max
-        self.weights = {"box": box, "cls": cls, "dfl": dfl, "reason": reason}
+        self.weights = {"box": box, "cls": cls, "dfl": dfl, "reason": reason, "empty": empty}
         self.assigner = TaskAlignedAssigner(topk=topk, num_classes=1, alpha=0.5, beta=6.0)
         self.bbox_loss = BboxLoss(reg_max)
 
@@ -101,6 +106,8 @@ class PromptDetLoss:
         w = self.weights
         items = {"box": loss_box * w["box"], "cls": loss_cls * w["cls"], "dfl": loss_dfl * w["dfl"],
                  "reason": loss_reason * w["reason"]}
+        if w["empty"]:
+            items["empty"] = empty_answer_loss(out.cand_logits, out.cand_valid, t) * w["empty"]
         total = sum(items.values()) * b  # YOLO scales by batch size; keeps LR defaults comparable
         return total, {key: float(v.detach()) for key, v in items.items()}
 
@@ -137,6 +144,19 @@ class PromptDetLoss:
                 (target_boxes[rows, anc] / s).unsqueeze(0), target_scores[rows, anc].unsqueeze(0), score_sum,
                 torch.ones(1, len(rows), dtype=torch.bool, device=fg.device), imgsz, s)
         return loss_cls, loss_box, loss_dfl
+
+
+def empty_answer_loss(cand_logits: torch.Tensor, cand_valid: torch.Tensor, t: PromptTargets) -> torch.Tensor:
+    """Mean BCE towards 0 of the best candidate's logit over the rows whose answer is empty.
+
+    cand_logits, cand_valid [B, K, M] -> a scalar (0 when no row is empty). The gradient reaches the
+    top candidate only, the one that would become a box.
+    """
+    empty = t.prompt_valid & ~t.answer_mask.any(-1)  # [B, K]
+    if not empty.any():
+        return cand_logits.sum() * 0.0
+    top = cand_logits.masked_fill(~cand_valid, -1e4).amax(-1)  # [B, K]
+    return F.softplus(top[empty]).mean()
 
 
 class DefectProbe(nn.Module):

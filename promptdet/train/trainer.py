@@ -41,6 +41,7 @@ class TrainArgs:
     native_crop: float = 0.0  # share of synthetic images seen as an imgsz window at their own resolution
     foreign_absent: float = 0.0  # share of the empty-answer instructions naming a thing from outside the line
     distractors: float = 0.0  # share of images swapped for a procedural texture, every answer empty
+    empty_weight: float = 0.0  # weight of the loss on the best box of each empty answer (see train.loss)
     defect_probe: float = 0.0  # weight of the DefectProbe loss (synthetic scenes; 0 = off), see train.loss
     train_only: list = field(default_factory=list)  # top-level modules to train (e.g. ["verifier"]); the rest is frozen
     val_imgsz: int = 0  # validation (and deployment) size; 0 = imgsz. With native_crop: the scenes' own size
@@ -119,7 +120,7 @@ class Trainer:
                       file=sys.stderr)
         self._freeze_all_but(args.train_only)
         self.ema = ModelEMA(self.model, decay=args.ema_decay)
-        self.loss = PromptDetLoss(model_cfg.reg_max)
+        self.loss = PromptDetLoss(model_cfg.reg_max, empty=args.empty_weight)
         self.probe, self.probe_on_crops = None, False
         if args.defect_probe > 0:
             from promptdet.data.dataset import DEFECT_KINDS
