@@ -286,3 +286,52 @@ def test_prompt_banks_larger_than_one_encoder_call():
 
     buffers, _ = fit_prompt_banks(TextEncoder(None, 32), [], [], seed=0)  # calibrate on imported data: no scenes
     assert buffers["prompt_foreign"].shape[0] > MAX_PROMPTS
+
+
+def _pairs(texts, category="cell"):
+    from promptdet.data.pairs import InstructionPair
+
+    return [InstructionPair("m.png", t, [], "category", extra={"query": {"select": {"all": [
+        {"category": category}, {"defect": "any"}]}}}) for t in texts]
+
+
+def test_prompt_banks_from_imported_pairs_know_the_users_classes():
+    # A user's converted labels carry no scene facts: their instruction texts and class names make the banks.
+    from promptdet.model.familiarity import Familiarity
+    from promptdet.text.encoder import TextEncoder
+    from promptdet.train.familiarity_fit import class_names, fit_prompt_banks, install
+
+    train = _pairs([f"{verb} the {adj} {noun}" for verb in ("find", "show me", "mark", "locate all")
+                    for adj in ("cracked", "defective", "good", "mono", "poly", "damaged")
+                    for noun in ("cells", "solar cells", "PV cells")])
+    held = _pairs([f"where are the {adj} {noun}?" for adj in ("broken", "faulty", "intact")
+                   for noun in ("cells", "photovoltaic cells")])
+    names = class_names(train, None)
+    assert names == ["cell"]  # read from the queries
+    encoder = TextEncoder(None, 32)
+    buffers, figures = fit_prompt_banks(encoder, [], [], seed=0, train_pairs=train, heldout_pairs=held,
+                                        names=names + ["solar cell", "PV cell", "photovoltaic cell"])
+    fam = Familiarity(8, encoder.dim)
+    install(type("Detector", (), {"familiarity": fam})(), buffers)
+    assert fam.calibrated.item() == 1.0
+    pooled = encoder.encode(["find the cracked solar cells", "the defective PV cells", "find the giraffes",
+                             "show me the cracked bicycles"]).pooled.float()
+    margin = fam.prompt_margin(pooled)
+    known = margin[:2] >= fam.prompt_threshold
+    assert known.tolist() == [True, True], (margin, fam.prompt_threshold)
+    assert (margin[2:] < fam.prompt_threshold).tolist() == [True, True], (margin, fam.prompt_threshold)
+    assert figures["known_unknown"] <= 0.1
+
+
+def test_class_names_come_from_nested_queries_and_the_vocabulary(tmp_path):
+    from promptdet.data.user_vocab import load_vocab
+    from promptdet.train.familiarity_fit import class_names, foreign_version
+
+    pairs = _pairs(["a"], "solar_cell") + _pairs(["b"], "busbar")
+    (tmp_path / "v.yaml").write_text("classes:\n  solar_cell: {synonyms: [PV cell]}\n")
+    names = class_names(pairs, load_vocab(tmp_path / "v.yaml"))
+    assert names == ["solar cell", "PV cell", "busbar"]  # as words, once each, longest first
+    assert class_names([], None) == []
+    # longest first: the whole name goes, not just its last word
+    assert foreign_version("the cracked solar cells", "dog", ["solar cell", "cell"]) == "the cracked dogs"
+    assert foreign_version("all busbars", "horse", []) is None

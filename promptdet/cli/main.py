@@ -292,6 +292,8 @@ def calibrate(
     out: Path = typer.Option(..., "--out", help="Where to write the calibrated checkpoint (e.g. runs/mine/calibrated)."),
     imgsz: str = typer.Option("", "--imgsz", help="Sizes the model will run at, e.g. '640,768' (default: its own size)."),
     images: int = typer.Option(600, "--images", min=20, help="Training images to fit the image statistics on."),
+    vocab: Path = typer.Option(None, "--vocab", help="Dataset vocabulary (YAML) of imported data: its class "
+                                                     "synonyms are swapped for foreign names too."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
 ) -> None:
     """Fit what the model knows it learned (image and prompt familiarity) and save it with the weights.
@@ -317,8 +319,13 @@ def calibrate(
         bad = [s for s in sizes if s < 32 or s % 32]
         if bad:
             raise UsageError(f"--imgsz {bad[0]}: sizes must be multiples of 32 (at least 32)")
+        user_vocab = None
+        if vocab is not None:
+            from promptdet.data.user_vocab import load_vocab
+
+            user_vocab = load_vocab(vocab)
         report = fit(model, data_path, sizes, images=images, device=device,
-                     log=lambda line: typer.echo(line, err=True))
+                     log=lambda line: typer.echo(line, err=True), vocab=user_vocab)
         for line in report.lines():
             typer.echo(line, err=True)
         tensors = {f"model.{k}": v for k, v in model.detector.state_dict().items()}

@@ -4,7 +4,10 @@ Image side: the trunk's pooled features of training images, at every size the mo
 run at, give a mean and principal directions; held-out images of the same kind set the threshold
 so that nearly none of them is called unfamiliar. Prompt side: instructions of the training
 vocabulary (``known``) and the same instructions naming things never trained (``foreign``) form the
-two banks; held-out wordings and held-out foreign names set the threshold between them.
+two banks; held-out wordings and held-out foreign names set the threshold between them. Synthetic
+sources give their instructions from the scene facts; imported ones (a user's converted labels)
+give the instruction texts they hold, with their class names (and a vocabulary's synonyms)
+swapped for foreign names.
 
 Used by ``promptdet calibrate`` on a trained checkpoint; the result lives in the
 checkpoint's tensors (``model.familiarity.*``) and so in ``detector.onnx``.
@@ -97,10 +100,11 @@ def fit_image_statistics(fit: np.ndarray, heldout: np.ndarray, rank: int = IMAGE
     return buffers, threshold, float((held > threshold).mean())
 
 
-def foreign_version(text: str, noun: str) -> str | None:
-    """``text`` with every part name swapped for ``noun`` (plural kept), or None if it names none."""
+def foreign_version(text: str, noun: str, names: list[str] | None = None) -> str | None:
+    """``text`` with every part name (``names``, longest first; default: the synthetic line's) swapped
+    for ``noun`` (plural kept), or None if it names none."""
     out = text
-    for word in _CATEGORY_WORDS:
+    for word in _CATEGORY_WORDS if names is None else names:
         for form, repl in ((T.pluralize(word), T.pluralize(noun)), (word, noun)):
             out = re.sub(rf"\b{re.escape(form)}\b", repl, out, flags=re.IGNORECASE)
     return out if out != text else None
@@ -136,6 +140,51 @@ def prompt_texts(scenes: list[dict], split: str, nouns: tuple[str, ...], n: int,
     return known, foreign
 
 
+def query_categories(query) -> set[str]:
+    """Every ``category`` a query names, at any depth (see ``promptdet.data.query``)."""
+    found: set[str] = set()
+    if isinstance(query, dict):
+        for key, value in query.items():
+            if key == "category" and isinstance(value, str):
+                found.add(value)
+            else:
+                found |= query_categories(value)
+    elif isinstance(query, list):
+        for item in query:
+            found |= query_categories(item)
+    return found
+
+
+def class_names(pairs, vocab=None) -> list[str]:
+    """The class names imported pairs ask for (from their queries; a vocabulary adds its synonyms),
+    longest first so that "solar cell" is swapped before "cell"."""
+    names: set[str] = set()
+    for p in pairs:
+        names |= query_categories(p.extra.get("query"))
+    if vocab is not None:
+        for name, synonyms in vocab.classes.items():
+            names |= {name, *synonyms}
+    return sorted({n.replace("_", " ") for n in names if n}, key=len, reverse=True)
+
+
+def pair_prompt_texts(pairs, names: list[str], nouns: tuple[str, ...], n: int,
+                      seed: int) -> tuple[list[str], list[str]]:
+    """(known, foreign) instructions from imported pairs, ``n`` of each at most, as ``prompt_texts``
+    makes them from scenes: foreign ones swap the class names for ``nouns``."""
+    rng = np.random.default_rng(seed)
+    known = list(dict.fromkeys(p.instruction for p in pairs))
+    rng.shuffle(known)
+    known = known[:n]
+    foreign = []
+    for text in known:
+        swapped = foreign_version(text, nouns[int(rng.integers(len(nouns)))], names) if names else None
+        if swapped:
+            foreign.append(swapped)
+    known = list(dict.fromkeys(known + names + [T.pluralize(w) for w in names]))
+    foreign = list(dict.fromkeys(foreign + list(nouns) + [T.pluralize(w) for w in nouns]))
+    return known, foreign
+
+
 def _pooled(encoder, texts: list[str]) -> torch.Tensor:
     """Pooled embeddings [N, D] of any number of texts; the encoder takes MAX_PROMPTS at once."""
     return torch.cat([encoder.encode(texts[i:i + MAX_PROMPTS]).pooled.float() for i in range(0, len(texts), MAX_PROMPTS)])
@@ -154,13 +203,27 @@ def _margins(encoder, texts: list[str], known: torch.Tensor, foreign: torch.Tens
 
 
 @torch.no_grad()
-def fit_prompt_banks(encoder, train_scenes: list[dict], heldout_scenes: list[dict], seed: int = 0) -> tuple[dict, dict]:
-    """-> (buffers, figures). The threshold sits midway between the held-out known wordings' 2nd
-    percentile and the held-out foreign names' 98th, or at the known side's 1st percentile when
-    the two overlap (calling a known prompt unknown costs the user more than the reverse)."""
-    known_txt, foreign_txt = prompt_texts(train_scenes, "train", BANK_NOUNS, BANK_SIZE, seed)
+def fit_prompt_banks(encoder, train_scenes: list[dict], heldout_scenes: list[dict], seed: int = 0,
+                     train_pairs: list | None = None, heldout_pairs: list | None = None,
+                     names: list[str] | None = None) -> tuple[dict, dict]:
+    """-> (buffers, figures). Banks from synthetic scenes and/or imported pairs (``names``: their
+    class names, see ``class_names``), sharing ``BANK_SIZE`` when both are given. The threshold sits
+    midway between the held-out known wordings' 2nd percentile and the held-out foreign names' 98th,
+    or at the known side's 1st percentile when the two overlap (calling a known prompt unknown
+    costs the user more than the reverse)."""
+    names = names or []
+    share = BANK_SIZE // 2 if train_scenes and train_pairs else BANK_SIZE
+    known_txt, foreign_txt = prompt_texts(train_scenes, "train", BANK_NOUNS, share, seed) \
+        if train_scenes or not train_pairs else ([], [])
+    if train_pairs:
+        k, f = pair_prompt_texts(train_pairs, names, BANK_NOUNS, share, seed)
+        known_txt, foreign_txt = list(dict.fromkeys(known_txt + k)), list(dict.fromkeys(foreign_txt + f))
     known, foreign = _pooled(encoder, known_txt), _pooled(encoder, foreign_txt)
-    held_known_txt, held_foreign_txt = prompt_texts(heldout_scenes, "test", HELD_OUT, 600, seed + 1)
+    held_known_txt, held_foreign_txt = prompt_texts(heldout_scenes, "test", HELD_OUT, 600, seed + 1) \
+        if heldout_scenes or not heldout_pairs else ([], [])
+    if heldout_pairs:
+        k, f = pair_prompt_texts(heldout_pairs, names, HELD_OUT, 600, seed + 1)
+        held_known_txt, held_foreign_txt = held_known_txt + k, held_foreign_txt + f
     held_known = _margins(encoder, held_known_txt, known, foreign)
     held_foreign = _margins(encoder, held_foreign_txt, known, foreign)
     lo, hi = float(np.quantile(held_known, 0.02)), float(np.quantile(held_foreign, 0.98))
@@ -189,9 +252,11 @@ def install(detector, buffers: dict) -> None:
 
 
 def calibrate(model, data: str, sizes: tuple[int, ...], images: int = 600, device: str = "cpu",
-              seed: int = 0, log=print) -> FamiliarityReport:
+              seed: int = 0, log=print, vocab=None) -> FamiliarityReport:
     """Fit both sides for ``model`` (a ``PromptDet``) on the dataset YAML ``data``: images of its train
-    sources (spread over them) for the fit, its val split for the thresholds. Installs the result."""
+    sources (spread over them) for the fit, its val split for the thresholds. ``vocab`` (a
+    ``UserVocab``) adds class synonyms to the names swapped out of imported instructions. Installs
+    the result."""
     from promptdet.data.sources import load_eval_split, load_source, resolve_dataset
 
     cfg = resolve_dataset(data)
@@ -214,9 +279,16 @@ def calibrate(model, data: str, sizes: tuple[int, ...], images: int = 600, devic
     held = image_features(detector, val_paths, sizes, device)
     image_buf, threshold, held_unfamiliar = fit_image_statistics(fit, held)
     log("calibrating: prompt banks")
-    held_scenes = list(val.scenes or []) or train_scenes[-200:]
+    train_pairs = [p for src in sources if not src.scenes for p in src.pairs]
+    held_pairs = [] if val.scenes else val.pairs
+    held_scenes = list(val.scenes or []) or (train_scenes[-200:] if not held_pairs else [])
     rng.shuffle(train_scenes)
-    prompt_buf, figures = fit_prompt_banks(model.encoder, train_scenes[:400], held_scenes[:150], seed)
+    names = class_names(train_pairs + held_pairs, vocab)
+    if train_pairs:
+        log(f"calibrating: {len(train_pairs)} imported instructions; class names swapped for foreign ones: "
+            + (", ".join(names[:8]) + (" ..." if len(names) > 8 else "") if names else "none found"))
+    prompt_buf, figures = fit_prompt_banks(model.encoder, train_scenes[:400], held_scenes[:150], seed,
+                                           train_pairs=train_pairs, heldout_pairs=held_pairs, names=names)
     install(detector, {**image_buf, **prompt_buf})
     return FamiliarityReport(len(fit), len(held), threshold, held_unfamiliar, figures["threshold"],
                              figures["known_unknown"], figures["foreign_known"])
