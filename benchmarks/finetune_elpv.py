@@ -17,7 +17,10 @@ Phases (progress and timings on stderr, everything under --out, a summary in OUT
    defect question, and the synthetic test split.
 4. ``promptdet train --weights <bundled> --data OUT/elpv.yaml --replay <synthetic>`` (and, for
    the forgetting figure, once more without replay), then the same figures after.
-5. Unless --no-anchor: ultralytics YOLO26n from scratch on the same modules for the same wall time
+5. ``promptdet calibrate`` on the fine-tuned (replay) checkpoint, as the walkthrough does, and its
+   abstention on the test modules: the share called unfamiliar, the ELPV questions called
+   unknown, and foreign questions ("cracked dogs") called known.
+6. Unless --no-anchor: ultralytics YOLO26n from scratch on the same modules for the same wall time
    as promptdet's fine-tune (benchmarks/elpv_anchor.py), scored on the same two questions.
 """
 
@@ -243,6 +246,43 @@ def finetune(tag: str, args, out: Path, data: Path, replay: Path | None) -> tupl
     return run, wall
 
 
+FOREIGN_PROMPTS = ("cracked dogs", "find the bicycles", "the red cars", "all the apples", "broken umbrellas",
+                   "people on the street")
+
+
+def calibrate_and_abstain(run: Path, args, out: Path, data: Path) -> dict:
+    """Fit image and prompt familiarity for the fine-tuned checkpoint on the ELPV data, then ask
+    the test modules: how many are called unfamiliar, how many ELPV questions unknown, how many
+    foreign ones known. The calibrated checkpoint is RUN/calibrated.safetensors."""
+    import promptdet as pd
+    from promptdet.data.sources import load_eval_split
+
+    calibrated = run / "calibrated"
+    promptdet("calibrate", "--data", data, "--weights", run, "--vocab", args.vocab, "--imgsz", args.imgsz,
+              "--images", 300, "--device", args.device, "--out", calibrated)
+    model = pd.load(calibrated.with_suffix(".safetensors"))
+    test = load_eval_split(data, "test")
+    by_image: dict[str, list[str]] = {}
+    for p in test.pairs:
+        by_image.setdefault(p.image, []).append(p.instruction)
+    unfamiliar = known_unknown = asked = foreign_known = 0
+    for image, texts in sorted(by_image.items()):
+        texts = list(dict.fromkeys(texts))[:40]
+        res = model.detect(str(Path(test.images_root) / image), texts + list(FOREIGN_PROMPTS), imgsz=args.imgsz,
+                           device=args.device)
+        unfamiliar += bool(res.unfamiliar)
+        unknown = set(res.unknown_prompts)
+        known_unknown += sum(i in unknown for i in range(len(texts)))
+        asked += len(texts)
+        foreign_known += sum(len(texts) + j not in unknown for j in range(len(FOREIGN_PROMPTS)))
+    n = max(1, len(by_image))
+    figures = {"checkpoint": str(calibrated.with_suffix(".safetensors")), "test_modules": len(by_image),
+               "modules_called_unfamiliar": unfamiliar / n, "elpv_questions_called_unknown": known_unknown / max(1, asked),
+               "foreign_questions_called_known": foreign_known / (n * len(FOREIGN_PROMPTS))}
+    log("abstention after calibrate: " + json.dumps(figures))
+    return figures
+
+
 def anchor(args, out: Path, hours: float) -> dict:
     import elpv_anchor as A
 
@@ -274,6 +314,11 @@ def report(summary: dict) -> str:
         if "anchor" in summary:
             vals.append(summary["anchor"]["probes"][key])
         lines.append(key.ljust(22) + "".join(_f(v).rjust(17) for v in vals))
+    if "abstention" in summary:
+        a = summary["abstention"]
+        lines += ["", f"after promptdet calibrate: test modules called unfamiliar {a['modules_called_unfamiliar']:.1%}, "
+                      f"ELPV questions called unknown {a['elpv_questions_called_unknown']:.1%}, "
+                      f"foreign questions called known {a['foreign_questions_called_known']:.1%}"]
     if any("synthetic_test" in summary["models"][c] for c in cols):
         lines += ["", "synthetic test (all)".ljust(22) + "".join(
             _f(summary["models"][c].get("synthetic_test", {}).get("all")).rjust(17) for c in cols)]
@@ -308,6 +353,8 @@ def main(argv=None) -> int:
         run, walls[tag] = phase(f"fine-tune {tag}", finetune, tag, args, out, data, replay)
         summary["models"][f"after_{tag}"] = phase(f"score {tag}", evaluate_model, tag, run, args, out, data, synth)
         summary["models"][f"after_{tag}"].update(run=str(run), train_wall_s=round(walls[tag], 1))
+    first_run = Path(summary["models"][f"after_{runs[0][0]}"]["run"])
+    summary["abstention"] = phase("calibrate", calibrate_and_abstain, first_run, args, out, data)
     if not args.no_anchor:
         summary["anchor"] = phase("anchor", anchor, args, out, walls[runs[0][0]] / 3600)
     text = report(summary)

@@ -179,6 +179,13 @@ def test_a_tiny_finetune_runs_end_to_end(tmp_path, monkeypatch, save_tiny_checkp
     import promptdet
 
     assert promptdet.load(out / "runs" / "no_replay").cfg.imgsz == 64
+    # calibrated on the modules: the checkpoint a user deploys, and its abstention on the test modules
+    abstention = summary["abstention"]
+    assert abstention["test_modules"] >= 1
+    for key in ("modules_called_unfamiliar", "elpv_questions_called_unknown", "foreign_questions_called_known"):
+        assert 0.0 <= abstention[key] <= 1.0, key
+    calibrated = promptdet.load(abstention["checkpoint"])
+    assert float(calibrated.detector.familiarity.calibrated) == 1.0
 
 
 
