@@ -268,6 +268,7 @@ def test_decide_unfamiliar_outranks_a_passing_check():
     (["--data", "nope.yaml"], "dataset config not found: nope.yaml"),
     (["--data", "datasets/inspection.yaml", "--imgsz", "650"], "--imgsz 650: sizes must be multiples of 32"),
     (["--data", "datasets/inspection.yaml", "--imgsz", "abc"], "--imgsz 'abc': expected sizes such as 640"),
+    (["--data", "datasets/inspection.yaml", "--vocab", "no-such-vocab.yaml"], "no-such-vocab.yaml"),
 ])
 def test_calibrate_refuses_bad_input_in_one_line(tmp_path, args, message):
     from typer.testing import CliRunner

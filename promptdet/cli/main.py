@@ -314,16 +314,16 @@ def calibrate(
             sizes = tuple(int(v) for v in imgsz.replace(" ", "").split(",") if v) or None
         except ValueError:
             raise UsageError(f"--imgsz {imgsz!r}: expected sizes such as 640 or 640,768") from None
-        model = promptdet.load(weights)
-        sizes = sizes or (model.cfg.imgsz,)
-        bad = [s for s in sizes if s < 32 or s % 32]
-        if bad:
-            raise UsageError(f"--imgsz {bad[0]}: sizes must be multiples of 32 (at least 32)")
         user_vocab = None
         if vocab is not None:
             from promptdet.data.user_vocab import load_vocab
 
             user_vocab = load_vocab(vocab)
+        model = promptdet.load(weights)
+        sizes = sizes or (model.cfg.imgsz,)
+        bad = [s for s in sizes if s < 32 or s % 32]
+        if bad:
+            raise UsageError(f"--imgsz {bad[0]}: sizes must be multiples of 32 (at least 32)")
         report = fit(model, data_path, sizes, images=images, device=device,
                      log=lambda line: typer.echo(line, err=True), vocab=user_vocab)
         for line in report.lines():
