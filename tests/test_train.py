@@ -307,7 +307,7 @@ def test_empty_weight_adds_its_loss_term(tiny_data, tmp_path, encoder):
     assert not targets.answer_mask.any()  # every instruction of this step has an empty answer
     pooled, tokens, mask = encode_prompt_grid(trainer.encoder, prompts, trainer.device)
     out = trainer.model(images.float() / 255, pooled, tokens, mask)
-    loss, items = trainer.loss(out, targets, images.shape[2:])
+    _, items = trainer.loss(out, targets, images.shape[2:])
     assert items["empty"] > 0
     off = _trainer(tiny_data / "tiny.yaml", tmp_path / "off", encoder, epochs=1)
     assert "empty" not in off.loss(out, targets, images.shape[2:])[1]
