@@ -81,7 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--max-steps", type=int, default=0, help="Stop after this many steps instead (smoke runs; 0 = off).")
     t.add_argument("--imgsz", type=int, default=640, help="Training and evaluation size.")
     t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr", type=float, default=0.001, help="Peak LR (a fine-tune: below the from-scratch 0.002).")
+    t.add_argument("--lr", type=float, default=0.0005, help="Peak LR (a fine-tune: a quarter of the from-scratch 0.002).")
+    t.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="Keep the starting model's BatchNorm statistics (promptdet train --freeze-bn).")
+    t.add_argument("--empty-weight", type=float, default=2.0,
+                   help="Loss on the best box of empty answers, e.g. the defect question on a clean module "
+                        "(promptdet train --empty-weight).")
     t.add_argument("--warmup-epochs", type=float, default=0.5)
     t.add_argument("--prompts-per-image", type=int, default=6)
     t.add_argument("--train-only", default="", help="Train only these top-level modules (promptdet train --train-only).")
@@ -90,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Base data replayed while fine-tuning, whose test split is also scored: a dataset YAML "
                         "(e.g. datasets/inspection.yaml once data/inspection is rendered), or 'auto': render "
                         "--replay-scenes training and --synthetic-test test scenes into OUT/synthetic.")
-    t.add_argument("--replay-ratio", type=float, default=0.3, help="Share of the samples drawn from --replay.")
+    t.add_argument("--replay-ratio", type=float, default=0.5, help="Share of the samples drawn from --replay.")
     t.add_argument("--replay-scenes", type=int, default=1000, help="Synthetic training scenes rendered for --replay auto.")
     t.add_argument("--no-replay", action="store_true", help="Fine-tune without replay only.")
     t.add_argument("--skip-no-replay", action="store_true", help="Do not also fine-tune without replay (the forgetting figure).")
@@ -239,6 +244,10 @@ def finetune(tag: str, args, out: Path, data: Path, replay: Path | None) -> tupl
     cmd += ["--max-steps", args.max_steps, "--epochs", 1000] if args.max_steps else ["--time", args.time]
     if args.train_only:
         cmd += ["--train-only", args.train_only]
+    if args.freeze_bn:
+        cmd += ["--freeze-bn"]
+    if args.empty_weight:
+        cmd += ["--empty-weight", args.empty_weight]
     if replay is not None:
         cmd += ["--replay", replay, "--replay-ratio", args.replay_ratio]
     wall = promptdet(*cmd)

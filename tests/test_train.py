@@ -121,14 +121,15 @@ def test_cli_train_then_val(tiny_data, tmp_path):
     # A changed architecture from earlier weights: what fits is taken, the word pooling starts fresh.
     r = _run(cli + ["train", "--data", str(tiny_data / "tiny.yaml"), "--imgsz", "64", "--epochs", "1", "--batch", "4",
                     "--weights", str(tmp_path / "run"), "--model", str(REPO / "configs" / "promptdet-n.yaml"),
-                    "--warmup-epochs", "0.25", "--time", "0.00001", "--no-cache", "--out", str(tmp_path / "run2")], tmp_path)
+                    "--warmup-epochs", "0.25", "--time", "0.00001", "--no-cache", "--freeze-bn", "--out", str(tmp_path / "run2")],
+             tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "initial weights: 3 missing and 0 unexpected tensors" in r.stderr, r.stderr[-2000:]
     meta = ckpt.load_checkpoint(tmp_path / "run2")[1]
     assert meta["model"]["word_pool_heads"] == 4
     # The options reach the trainer (the spent time budget ends the run after one epoch).
     assert meta["train_args"]["warmup_epochs"] == 0.25 and meta["train_args"]["cache_images"] is False
-    assert meta["train_args"]["time"] == 0.00001 and meta["epoch"] == 0
+    assert meta["train_args"]["time"] == 0.00001 and meta["epoch"] == 0 and meta["train_args"]["freeze_bn"] is True
     r = _run(cli + ["val", "--data", str(tiny_data / "tiny.yaml"), "--weights", str(tmp_path / "run"), "--split", "test",
                     "--out", str(tmp_path / "val"), "--plots"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -451,3 +452,24 @@ def test_train_only_the_verifier_leaves_every_other_tensor_as_it_was(tiny_data, 
     with pytest.raises(UsageError, match="no module 'verfier'"):
         Trainer(TrainArgs(data=str(tiny_data / "tiny.yaml"), out=str(tmp_path / "run2"), train_only=["verfier"], **TINY),
                 cfg, encoder=encoder)
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_freeze_bn_keeps_every_running_statistic_and_still_trains(freeze_bn, tiny_data, tmp_path, encoder):
+    from promptdet.model.detector import PromptDetector
+    from promptdet.train.trainer import Trainer, TrainArgs
+
+    cfg = ModelConfig(imgsz=64, max_candidates=8, max_tokens=32)
+    torch.manual_seed(0)
+    init = {k: v.clone() for k, v in PromptDetector(cfg).state_dict().items()}
+    args = TrainArgs(data=str(tiny_data / "tiny.yaml"), out=str(tmp_path / "run"), epochs=1, max_steps=2, lr=0.01,
+                     freeze_bn=freeze_bn, **TINY)
+    trainer = Trainer(args, cfg, init_weights=init, encoder=encoder)
+    trainer.train()
+    after = trainer._raw_model().state_dict()
+    stats = [k for k in init if k.endswith(("running_mean", "running_var"))]
+    moved_stats = [k for k in stats if not torch.equal(init[k], after[k])]
+    assert stats and (not moved_stats if freeze_bn else moved_stats)
+    # the weights still train, BatchNorm's own affine weights included
+    assert any(not torch.equal(init[k], after[k]) for k in init if k.endswith("bn.weight"))
+

@@ -218,6 +218,9 @@ def train(
     train_only: str = typer.Option("", "--train-only",
                                    help="Train only these top-level modules (comma-separated, e.g. 'verifier' after "
                                         "adding the crop verifier with --model); the rest stays frozen."),
+    freeze_bn: bool = typer.Option(False, "--freeze-bn",
+                                   help="Keep the BatchNorm statistics of the starting model (fine-tuning on images "
+                                        "unlike its base set, so that what it knew stays)."),
     val_imgsz: int = typer.Option(0, "--val-imgsz", min=0,
                                   help="Validation size, saved as the model's default size (0 = --imgsz)."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (warmup, then cosine)."),
@@ -255,7 +258,7 @@ def train(
                           foreign_absent=foreign_absent, distractors=distractors, max_steps=max_steps,
                           val_imgsz=val_imgsz, defect_probe=defect_probe, empty_weight=empty_weight, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs,
-                          train_only=[n.strip() for n in train_only.split(",") if n.strip()])
+                          train_only=[n.strip() for n in train_only.split(",") if n.strip()], freeze_bn=freeze_bn)
     if metrics:
         from promptdet.train.evaluate import format_table
 

@@ -44,6 +44,7 @@ class TrainArgs:
     empty_weight: float = 0.0  # weight of the loss on the best box of each empty answer (see train.loss)
     defect_probe: float = 0.0  # weight of the DefectProbe loss (synthetic scenes; 0 = off), see train.loss
     train_only: list = field(default_factory=list)  # top-level modules to train (e.g. ["verifier"]); the rest is frozen
+    freeze_bn: bool = False  # keep every BatchNorm's statistics as they were (a fine-tune on data unlike the base set)
     val_imgsz: int = 0  # validation (and deployment) size; 0 = imgsz. With native_crop: the scenes' own size
     lr: float = 2e-3
     prompt_lr_mult: float = 1.0  # LR multiplier for the prompt side (text projection, similarity, reasoner)
@@ -174,6 +175,12 @@ class Trainer:
             for name, child in self._raw_model().named_children():
                 if name not in self.args.train_only:
                     child.eval()
+        if self.args.freeze_bn:
+            # A fine-tune's images (grey EL modules, say) would otherwise pull the running statistics away from
+            # the base set the rest of the weights were trained with; the affine weights still train.
+            for module in self._raw_model().modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def _augment(self):
         from promptdet.data.transforms import InstructionAugment
