@@ -8,7 +8,9 @@ of class ``cell`` with attributes: its type, and ``defective`` where the probabi
 Cells at 1/3 (the annotators' "probably fine") are left out of every module.
 
 Cells whose number is divisible by 4 (``cell0004``, ``cell0008``, ...) are reserved for
-acceptance: no function here puts one into a module (``check_not_reserved``).
+acceptance: no train, val or test module holds one (``check_not_reserved``). Only the acceptance
+modules (``reserved=True``, built by ``finetune_elpv.py --acceptance`` for whoever accepts a
+model) are made of them, and of nothing else.
 
 Used by ``benchmarks/finetune_elpv.py`` and its tests (with fake cell arrays).
 """
@@ -67,6 +69,21 @@ def check_not_reserved(cells: Iterable[Cell]) -> None:
     assert not (bad := [c.number for c in cells if is_reserved(c.number)]), f"reserved ELPV cells (number % 4 == 0) tiled: {bad[:5]}"
 
 
+def check_cells(cells: Iterable[Cell], reserved: bool = False) -> None:
+    """``reserved=False``: no reserved cell (train, val and test modules). ``reserved=True``: only
+    reserved ones (the acceptance modules, which nothing here trains, tunes or tests on)."""
+    if not reserved:
+        check_not_reserved(cells)
+        return
+    assert not (bad := [c.number for c in cells if not is_reserved(c.number)]), \
+        f"an acceptance module holds cells that are not reserved: {bad[:5]}"
+
+
+def acceptance_cells(cells: Iterable[Cell]) -> list[Cell]:
+    """The reserved cells that may be tiled into acceptance modules (not at probability 1/3)."""
+    return [c for c in cells if is_reserved(c.number) and not c.undecided]
+
+
 def cell_number(path: str) -> int:
     m = re.search(r"cell(\d+)", path)
     if not m:
@@ -116,16 +133,16 @@ def split_cells(cells: Sequence[Cell], seed: int = 0, val: float = 0.1, test: fl
 
 
 def plan_modules(cells: Sequence[Cell], prefix: str, seed: int = 0, clean_share: float = 0.3,
-                 repeats: int = 1) -> list[Module]:
+                 repeats: int = 1, reserved: bool = False) -> list[Module]:
     """Modules of one type each, ``ROWS * COLS`` cells, no cell twice within one pass.
 
     About ``clean_share`` of each type's modules are built from functional cells only (a random
     module of 12 cells is almost never clean, and "nothing is defective here" must be asked and
     scored); the rest mix the remaining cells at random. Cells left over after the last full
     module of a pass are unused. ``repeats`` passes, each a new draw (more layouts of the same
-    cells for training; keep 1 for val and test).
+    cells for training; keep 1 for val and test). ``reserved``: see ``check_cells``.
     """
-    check_not_reserved(cells)
+    check_cells(cells, reserved)
     rng = np.random.default_rng(seed)
     n = ROWS * COLS
     modules: list[Module] = []
@@ -144,12 +161,13 @@ def plan_modules(cells: Sequence[Cell], prefix: str, seed: int = 0, clean_share:
     return modules
 
 
-def tile(module: Module, images: dict[int, np.ndarray], cell_px: int = 300, gap: int = 8) -> tuple[np.ndarray, list[list[float]]]:
+def tile(module: Module, images: dict[int, np.ndarray], cell_px: int = 300, gap: int = 8,
+         reserved: bool = False) -> tuple[np.ndarray, list[list[float]]]:
     """The module's grey image [H, W] uint8 (dark gaps between cells, as between real cells) and
     each cell's box [x1, y1, x2, y2] in pixels, row-major."""
     import cv2
 
-    check_not_reserved(module.cells)
+    check_cells(module.cells, reserved)
     h, w = ROWS * cell_px + (ROWS + 1) * gap, COLS * cell_px + (COLS + 1) * gap
     canvas = np.zeros((h, w), np.uint8)
     boxes = []
@@ -171,7 +189,7 @@ def attributes(cell: Cell) -> list[str]:
 
 
 def write_coco(out_dir: Path, modules: Sequence[Module], images: dict[int, np.ndarray], cell_px: int = 300,
-               gap: int = 8) -> dict:
+               gap: int = 8, reserved: bool = False) -> dict:
     """``out_dir/images/<module>.png`` and ``out_dir/instances.json`` (COCO, one category ``cell``,
     per-box ``attributes``), plus ``out_dir/modules.json``: which cell is where. Returns counts."""
     import cv2
@@ -181,7 +199,7 @@ def write_coco(out_dir: Path, modules: Sequence[Module], images: dict[int, np.nd
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": CELL_CLASS}]}
     manifest = []
     for m in modules:
-        canvas, boxes = tile(m, images, cell_px, gap)
+        canvas, boxes = tile(m, images, cell_px, gap, reserved)
         name = f"{m.name}.png"
         cv2.imwrite(str(out_dir / "images" / name), canvas)
         image_id = len(coco["images"]) + 1

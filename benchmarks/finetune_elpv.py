@@ -65,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="Everything goes here.")
     p.add_argument("--no-anchor", action="store_true", help="Do not train the YOLO26n anchor.")
     p.add_argument("--seed", type=int, default=0, help="Cell split, module layouts, instructions and training.")
+    p.add_argument("--acceptance", type=Path, default=None, metavar="WEIGHTS",
+                   help="Acceptance only: tile the reserved cells (never used otherwise) into modules, ask them the "
+                        "held-out wordings and the two questions, and score WEIGHTS (a checkpoint or run folder); "
+                        "no training. For whoever accepts a model, not for tuning.")
     g = p.add_argument_group("modules")
     g.add_argument("--cell-px", type=int, default=300, help="Cell size in the module image (300 = the data's own pixels).")
     g.add_argument("--gap", type=int, default=8, help="Dark pixels between cells.")
@@ -334,10 +338,42 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def acceptance(args, out: Path) -> int:
+    """--acceptance WEIGHTS: the same figures on modules made only of the reserved cells, in
+    OUT/acceptance.json. The modules, their instructions (test wordings) and the two questions go
+    under OUT/elpv/acceptance and OUT/pairs/acceptance."""
+    if not args.acceptance.exists():
+        raise SystemExit(f"error: --acceptance {args.acceptance}: no such checkpoint or run folder")
+    cells, images = E.load_elpv()
+    modules = E.plan_modules(E.acceptance_cells(cells), "acceptance", seed=args.seed, clean_share=args.clean_share,
+                             reserved=True)
+    if args.max_modules:
+        modules = modules[: args.max_modules]
+    stats = E.write_coco(out / "elpv" / "acceptance", modules, images, args.cell_px, args.gap, reserved=True)
+    log(f"acceptance modules: {json.dumps(stats)}")
+    pairs = out / "pairs" / "acceptance"
+    promptdet("data", "convert", "--from", "coco", out / "elpv" / "acceptance" / "instances.json", "--out", pairs,
+              "--vocab", args.vocab, "--seed", args.seed, "--split", "test", "--overwrite")
+    probes = E.probe_records(pairs / "labels.jsonl", args.defect_prompt, args.all_prompt)
+    (pairs / "probes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in probes))
+    import promptdet as pd
+
+    model = pd.load(args.acceptance)
+    res = {"weights": str(args.acceptance), "modules": stats,
+           "types": figures(score(model, "acceptance_types", pairs / "instructions.jsonl", "val", out, args)),
+           "probes": probe_figures(score(model, "acceptance_probes", pairs / "probes.jsonl", "val", out, args))}
+    (out / "acceptance.json").write_text(json.dumps(res, indent=2) + "\n")
+    print("\n".join(f"{k.ljust(26)}{_f(v)}" for k, v in {**res["probes"], **res["types"]}.items()))
+    log(f"acceptance figures: {out / 'acceptance.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.acceptance is not None:
+        return acceptance(args, out)
     summary: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "models": {}, "phases_s": {}}
 
     def phase(name, fn, *a):

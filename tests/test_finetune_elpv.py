@@ -189,6 +189,26 @@ def test_a_tiny_finetune_runs_end_to_end(tmp_path, monkeypatch, save_tiny_checkp
 
 
 
+def test_acceptance_modules_hold_only_reserved_cells_and_are_scored(tmp_path, monkeypatch, save_tiny_checkpoint):
+    bench = _load("finetune_elpv")
+    monkeypatch.setattr(bench.E, "load_elpv", lambda: fake_cells(px=16))
+    out = tmp_path / "acc"
+    assert bench.main(["--out", str(out), "--acceptance", str(save_tiny_checkpoint()), "--cell-px", "16", "--gap", "2",
+                       "--max-modules", "3", "--imgsz", "64"]) == 0
+    numbers = [n for mod in json.loads((out / "elpv" / "acceptance" / "modules.json").read_text()) for n, _ in mod["cells"]]
+    assert len(numbers) == 36 and all(n % 4 == 0 for n in numbers)
+    res = json.loads((out / "acceptance.json").read_text())
+    assert set(res["probes"]) == {"defect_AP50", "all_cells_AP50", "clean_modules_with_a_box"}
+    assert res["probes"]["all_cells_AP50"] is not None and "absent (FP rate)" in res["types"]
+    assert not (out / "runs").exists()  # nothing trained
+    # acceptance modules refuse any other cell, as the other modules refuse reserved ones
+    cells, _ = fake_cells()
+    with pytest.raises(AssertionError, match="not reserved"):
+        E.plan_modules(E.usable_cells(cells)[:24], "acceptance", reserved=True)
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        bench.main(["--out", str(out), "--acceptance", str(tmp_path / "missing")])
+
+
 def test_the_anchor_dataset_has_a_yolo_label_per_cell(tmp_path):
     A = _load("elpv_anchor")
     cells, images = fake_cells()
