@@ -457,7 +457,7 @@ def test_train_only_the_verifier_leaves_every_other_tensor_as_it_was(tiny_data, 
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_freeze_bn_keeps_every_running_statistic_and_still_trains(freeze_bn, tiny_data, tmp_path, encoder):
     from promptdet.model.detector import PromptDetector
-    from promptdet.train.trainer import Trainer, TrainArgs
+    from promptdet.train.trainer import TrainArgs, Trainer
 
     cfg = ModelConfig(imgsz=64, max_candidates=8, max_tokens=32)
     torch.manual_seed(0)
