@@ -473,3 +473,32 @@ def test_freeze_bn_keeps_every_running_statistic_and_still_trains(freeze_bn, tin
     # the weights still train, BatchNorm's own affine weights included
     assert any(not torch.equal(init[k], after[k]) for k in init if k.endswith("bn.weight"))
 
+
+
+def test_a_time_budget_ends_mid_epoch_with_the_lr_annealed(tiny_data, tmp_path, encoder, monkeypatch):
+    # One epoch longer than the whole budget (a small set with replay on a CPU): the run must stop
+    # inside it, validated and saved, and the cosine must have followed the clock down to its floor.
+    from promptdet.train import trainer as trainer_module
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock["t"])
+    out = tmp_path / "clock"
+    trainer = _trainer(tiny_data / "tiny.yaml", out, encoder, epochs=50, time=10 / 3600, batch=1, warmup_epochs=0.0)
+    steps_per_epoch = len(trainer.loader)
+    assert steps_per_epoch >= 4
+    lrs = []
+    real_step = trainer.optimizer.step
+
+    def step_and_tick(*a, **kw):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        clock["t"] += 4.0  # each step costs 4 s of a 10 s budget: the 4th step finds it spent
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_and_tick)
+    trainer.train()
+    assert len(lrs) == 3 < steps_per_epoch  # stopped mid-epoch
+    assert lrs[0] > lrs[1] > lrs[2]  # by the clock: 0%, 40%, 80% of the budget
+    floor = trainer.args.lr * trainer.args.final_lr_ratio
+    assert lrs[2] < floor + 0.2 * (trainer.args.lr - floor)
+    assert trainer.args.epochs == 1 and (out / "last.safetensors").is_file()
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 2

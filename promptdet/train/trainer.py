@@ -248,14 +248,29 @@ class Trainer:
             torch.distributed.broadcast(total, src=0)
         return int(total.item())
 
-    def _lr_at(self, step: int, steps_per_epoch: int) -> float:
+    def _time_spent(self, run_t0: float) -> float | None:
+        """The share of ``--time`` used so far (None without a budget); rank 0's clock under DDP, so
+        that every rank stops at the same step."""
+        if not self.args.time or self.args.max_steps:
+            return None
+        spent = torch.tensor([(time.perf_counter() - run_t0) / (self.args.time * 3600)], dtype=torch.float64,
+                             device=self.device)
+        if self.world > 1:
+            torch.distributed.broadcast(spent, src=0)
+        return float(spent.item())
+
+    def _lr_at(self, step: int, steps_per_epoch: int, time_spent: float | None = None) -> float:
+        """Linear warm-up over ``warmup_epochs``, then a cosine to ``final_lr_ratio``: over the steps, or,
+        with a time budget, over ``time_spent`` (the share of ``--time`` used so far). By time because one
+        epoch of a small data set with replay can outlast the whole budget: a cosine fitted after each
+        epoch would then end the run at the peak LR."""
         total = max(1, self.args.epochs * steps_per_epoch)
         if self.args.max_steps:  # a run cut short by steps still ends its cosine at the last step
             total = min(total, self.args.max_steps)
         warm = max(1, int(self.args.warmup_epochs * steps_per_epoch))
         if step < warm:
             return self.args.lr * (step + 1) / warm
-        t = (step - warm) / max(1, total - warm)
+        t = (step - warm) / max(1, total - warm) if time_spent is None else time_spent
         lo = self.args.final_lr_ratio
         return self.args.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
@@ -325,13 +340,17 @@ class Trainer:
                 self.loader.sampler.set_epoch(epoch)
             self._set_train_mode(model)
             sums: dict[str, float] = {}
-            t0, seen = time.perf_counter(), 0
+            t0, seen, out_of_time = time.perf_counter(), 0, False
             bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", disable=not (self.progress and self.main),
                        file=sys.stderr, leave=False)
             n_batches = 0
             for images, prompts, targets, _ in bar:
+                time_spent = self._time_spent(run_t0)
+                if time_spent is not None and time_spent >= 1.0 and n_batches:
+                    out_of_time = True  # the budget is spent mid-epoch: validate and save now
+                    break
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self._lr_at(step, steps_per_epoch) * group.get("lr_mult", 1.0)
+                    group["lr"] = self._lr_at(step, steps_per_epoch, time_spent) * group.get("lr_mult", 1.0)
                 images = images.to(self.device, non_blocking=True).float().div_(255)
                 pooled, tokens, mask = encode_prompt_grid(self.encoder, prompts, self.device)
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
@@ -376,7 +395,8 @@ class Trainer:
             n_batches = max(1, n_batches)
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": seen * self.world / wall,
                    "epoch_s": wall, **{f"train/{k}": v / n_batches for k, v in sums.items()}}
-            last_epoch = epoch + 1 == self.args.epochs or bool(self.args.max_steps and step >= self.args.max_steps)
+            last_epoch = (epoch + 1 == self.args.epochs or out_of_time
+                          or bool(self.args.max_steps and step >= self.args.max_steps))
             fit = -1.0
             if self.main and self.val and ((epoch + 1) % self.args.val_every == 0 or last_epoch):
                 metrics = validate(self.ema.ema, self.encoder, self.val[0], self.val[1], self.args.val_imgsz or self.args.imgsz,
@@ -393,6 +413,9 @@ class Trainer:
                 self._write_history(history)
                 summary = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("train/") or k in ("fitness",))
                 print(f"epoch {epoch + 1}/{self.args.epochs} {row['img_per_s']:.1f} img/s {summary}", file=sys.stderr)
+            if out_of_time:
+                self.args.epochs = epoch + 1  # what was run, as the checkpoint's train_args say
+                break
             if self.args.max_steps and step >= self.args.max_steps:
                 break
             epoch += 1
