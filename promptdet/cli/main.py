@@ -185,8 +185,9 @@ def train(
                                          help="Start the backbone and neck from a YOLO26 state_dict (.safetensors or .pt of tensors)."),
     epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
     time_hours: float = typer.Option(0.0, "--time", min=0.0,
-                                     help="Train for about this many hours: after each epoch the epoch count (and the "
-                                          "LR schedule) is fitted to the time left. Overrides --epochs; 0 = off."),
+                                     help="Train for about this many hours: the cosine LR follows the share of the time "
+                                          "spent, and the run stops (mid-epoch if need be) when it is spent. "
+                                          "Overrides --epochs; 0 = off."),
     max_steps: int = typer.Option(0, "--max-steps", min=0,
                                   help="Stop after this many optimizer steps; the LR schedule ends there (0 = off)."),
     imgsz: int = typer.Option(640, "--imgsz", min=64, help="Training image size (a multiple of 32)."),

@@ -63,7 +63,7 @@ class TrainArgs:
     replay: str | None = None  # base data mixed in while fine-tuning, so earlier skills are kept
     replay_ratio: float = 0.3
     max_steps: int = 0  # stop after this many optimizer steps (0 = run every epoch); the LR schedule ends there
-    time: float = 0.0  # hours; when set, the epoch count is fitted to it after each epoch (as in ultralytics)
+    time: float = 0.0  # hours; when set, the cosine follows the time spent and the run stops when it is spent
     progress: bool | None = None
     log_every: int = 50  # steps between plain progress lines when stderr is not a terminal
     extra: dict = field(default_factory=dict)
