@@ -142,6 +142,23 @@ def test_candidate_boxes_match_anchor_boxes():
     assert torch.equal(boxes[1, 1, 3], out.boxes_xyxy[1, out.cand_idx[1, 1, 3]])
 
 
+def test_candidates_keep_their_count_on_inputs_with_fewer_anchors():
+    """M is max_candidates at every size (a dynamic ONNX graph bakes M in); the padding is never a candidate."""
+    from promptdet.model.fusion import select_peaks
+
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.5]])  # one 2x2 level: 4 anchors, one local maximum
+    idx, valid = select_peaks(logits, [(2, 2)], max_candidates=6)
+    assert idx.shape == valid.shape == (1, 6)
+    assert idx[0, 0] == 0 and valid[0].tolist() == [True] + [False] * 5
+    assert (idx >= 0).all() and (idx < 4).all()  # the padding points at a real anchor, so gathers stay in range
+    model = PromptDetector(ModelConfig(imgsz=64, max_candidates=300)).eval()  # 84 anchors at 64 px
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64), *prompts(2))
+    boxes, scores = candidate_boxes_scores(out)
+    assert scores.shape == (1, 2, 300) and boxes.shape == (1, 2, 300, 4)
+    assert int(out.cand_valid.sum(-1).max()) <= 84 and float(scores[~out.cand_valid].max()) == 0.0
+
+
 def test_backbone_starts_from_a_local_yolo26_state_dict(tmp_path):
     from ultralytics.nn.tasks import DetectionModel
 

@@ -75,10 +75,14 @@ def select_peaks(logits: torch.Tensor, level_hw: list[tuple[int, int]], max_cand
         pooled = F.max_pool2d(lvl, 3, 1, 1)
         peaks.append(torch.where(lvl >= pooled, lvl, torch.full_like(lvl, NEG)).reshape(n, h * w))
         start += h * w
+    # Padded with max_candidates non-anchors (below every non-peak) so that M is max_candidates at
+    # every input size: a dynamic ONNX graph run on an input with fewer anchors than that would
+    # otherwise bake in the export size's count. The padding is never valid; it points at anchor 0.
     peak_logits = torch.cat(peaks, 1)
-    m = min(max_candidates, peak_logits.shape[1])
-    top, idx = peak_logits.topk(m, dim=1)
-    return idx, top > NEG / 2
+    a = peak_logits.shape[1]
+    peak_logits = torch.cat([peak_logits, torch.full_like(peak_logits[:, :1], 2 * NEG).expand(n, max_candidates)], 1)
+    top, idx = peak_logits.topk(max_candidates, dim=1)
+    return torch.where(idx < a, idx, torch.zeros_like(idx)), top > NEG / 2
 
 
 class CandidateReasoner(nn.Module):
