@@ -39,7 +39,7 @@ def walkthrough() -> tuple[list[str], str, list[str]]:
     text = (REPO / "README.md").read_text()
     start = text.index(SECTION[0])
     section = text[start:text.index(SECTION[1], start)]
-    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
     commands = [line.strip() for lang, body in blocks if lang == "bash"
                 for line in body.replace("\\\n", " ").splitlines() if line.strip()]
     (data_yaml,) = [body for lang, body in blocks if lang == "yaml"]
