@@ -243,6 +243,10 @@ def test_time_budget_fits_the_epoch_count(tiny_data, tmp_path, encoder):
     trainer.args.time = 60 / 3600
     assert trainer._epochs_for_budget(2, 10.0) == 12
     assert trainer._epochs_for_budget(2, 70.0) == 2  # over budget: stop now
+    # A part-epoch left is trained (the last epoch stops on the clock), less than a quarter is not.
+    trainer.args.time = 1080 / 3600
+    assert trainer._epochs_for_budget(1, 650.0) == 2
+    assert trainer._epochs_for_budget(1, 940.0) == 1
 
 
 def test_loss_takes_half_precision_outputs_as_under_amp(tiny_data, tmp_path, encoder):
