@@ -239,7 +239,7 @@ class Trainer:
         """The total epoch count that fills ``args.time`` hours, from the mean epoch so far (validation included).
 
         Every rank computes it from its own clock; rank 0's is broadcast so that DDP ranks stop together.
-        The LR schedule follows the new total, as ultralytics' ``time`` does.
+        The count only ends the loop and labels progress; under a budget the LR follows the clock (``_lr_at``).
         """
         per_epoch = elapsed_s / max(1, epochs_done - self.start_epoch)
         # Rounded up: the LR follows the clock and the last epoch stops when the budget is spent, so
