@@ -147,7 +147,7 @@ class PromptDet:
             init = {**(init or {}), **load_ultralytics_backbone(backbone_weights)}
         trainer = Trainer(args, cfg, init_weights=init, resume=resume, encoder=self._encoder)
         metrics = trainer.train()
-        self.cfg, self.weights = cfg, trainer.ema.ema.state_dict()
+        self.cfg, self.weights = trainer.cfg, trainer.ema.ema.state_dict()  # the trainer may fit verify_top_k
         self._detector = None
         self.source = str(Path(out) / "best.safetensors")
         return metrics

@@ -506,3 +506,68 @@ def test_a_time_budget_ends_mid_epoch_with_the_lr_annealed(tiny_data, tmp_path, 
     assert lrs[2] < floor + 0.2 * (trainer.args.lr - floor)
     assert trainer.args.epochs == 1 and (out / "last.safetensors").is_file()
     assert len((out / "results.csv").read_text().strip().splitlines()) == 2
+
+
+def _pairs_source(boxes_by_instruction: dict[tuple[str, str], list]):
+    from promptdet.config import SourceConfig
+    from promptdet.data.pairs import InstructionPair
+    from promptdet.data.sources import LoadedSource
+
+    pairs = [InstructionPair(image, text, boxes) for (image, text), boxes in boxes_by_instruction.items()]
+    return LoadedSource(SourceConfig(path=".", format="jsonl"), pairs, Path("."))
+
+
+def test_verifier_rescores_every_object_of_the_busiest_training_image():
+    from promptdet.config import SourceConfig
+    from promptdet.data.sources import LoadedSource
+    from promptdet.errors import UsageError
+    from promptdet.train.trainer import fit_verifier_to_data, most_objects_per_image
+
+    cells = [[10.0 * i, 0.0, 10.0 * i + 9, 9.0] for i in range(12)]
+    # A module of 12 cells that no single instruction names all of: 5 defective + 7 intact, one cell in both
+    # answers (the same box counts once), and a second image with 2 boxes.
+    module = _pairs_source({("m.png", "defective cells"): cells[:5], ("m.png", "intact cells"): cells[4:],
+                            ("m.png", "cracked dogs"): [], ("n.png", "all cells"): cells[:2]})
+    assert most_objects_per_image([module]) == 12
+    scenes = LoadedSource(SourceConfig(path=".", format="synth"), [], Path("."),
+                          scenes=[{"objects": [{}] * 3}, {"objects": [{}] * 15}])
+    assert most_objects_per_image([module, scenes]) == 15
+    assert most_objects_per_image([_pairs_source({("e.png", "cats"): []})]) == 0
+
+    said = []
+    def say(msg, file=None):
+        said.append(msg)
+
+    cfg = ModelConfig(verify_top_k=8, max_candidates=48)
+    assert fit_verifier_to_data(cfg, [module], say=say).verify_top_k == 16  # 12 objects + a margin of 4
+    assert len(said) == 1 and "rescoring 16 candidates per prompt (was 8)" in said[0] and "12 objects" in said[0]
+    assert fit_verifier_to_data(ModelConfig(verify_top_k=8, max_candidates=14), [module], say=say).verify_top_k == 14
+    assert fit_verifier_to_data(ModelConfig(verify_top_k=20), [module], say=say).verify_top_k == 20  # never lowered
+    assert fit_verifier_to_data(ModelConfig(verify_top_k=8), [_pairs_source({("e.png", "x"): cells[:3]})],
+                                say=say).verify_top_k == 8
+    assert len(said) == 2  # a kept count says nothing
+    assert fit_verifier_to_data(cfg, [module], requested=10, say=say).verify_top_k == 10  # asked for: lowered too
+    assert fit_verifier_to_data(ModelConfig(verify_top_k=0), [module], say=say).verify_top_k == 0  # no verifier
+    with pytest.raises(UsageError, match="no crop verifier"):
+        fit_verifier_to_data(ModelConfig(verify_top_k=0), [module], requested=4)
+    with pytest.raises(UsageError, match=r"--verify-top-k 60: at most max_candidates \(48\)"):
+        fit_verifier_to_data(cfg, [module], requested=60)
+
+
+def test_fine_tune_saves_the_verifier_count_it_trained_with(tiny_data, tmp_path, encoder):
+    import promptdet
+    from promptdet.train.trainer import Trainer, TrainArgs
+
+    cfg = ModelConfig(imgsz=64, max_candidates=16, max_tokens=32, verify_top_k=2, verify_crop=16)
+    trainer = Trainer(TrainArgs(data=str(tiny_data / "tiny.yaml"), out=str(tmp_path / "run"), epochs=1, max_steps=1,
+                                **TINY), cfg, encoder=encoder)
+    from promptdet.data.synth.generate import read_scenes
+
+    most = max(len(scene["objects"]) for scene in read_scenes(tiny_data / "train"))
+    expected = min(16, most + 4)
+    assert trainer.cfg.verify_top_k == expected > 2
+    assert trainer.model.verifier.top_k == trainer.ema.ema.verifier.top_k == expected
+    trainer.train()
+    _, meta = ckpt.load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert meta["model"]["verify_top_k"] == expected
+    assert promptdet.load(tmp_path / "run").detector.verifier.top_k == expected

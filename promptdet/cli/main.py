@@ -219,6 +219,9 @@ def train(
     train_only: str = typer.Option("", "--train-only",
                                    help="Train only these top-level modules (comma-separated, e.g. 'verifier' after "
                                         "adding the crop verifier with --model); the rest stays frozen."),
+    verify_top_k: int = typer.Option(0, "--verify-top-k", min=0,
+                                     help="Candidates per prompt that the crop verifier rescores. 0 = the model's own, "
+                                          "raised when a training image holds more objects than that."),
     freeze_bn: bool = typer.Option(False, "--freeze-bn",
                                    help="Keep the BatchNorm statistics of the starting model (fine-tuning on images "
                                         "unlike its base set, so that what it knew stays)."),
@@ -259,7 +262,8 @@ def train(
                           foreign_absent=foreign_absent, distractors=distractors, max_steps=max_steps,
                           val_imgsz=val_imgsz, defect_probe=defect_probe, empty_weight=empty_weight, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs,
-                          train_only=[n.strip() for n in train_only.split(",") if n.strip()], freeze_bn=freeze_bn)
+                          train_only=[n.strip() for n in train_only.split(",") if n.strip()], freeze_bn=freeze_bn,
+                          verify_top_k=verify_top_k)
     if metrics:
         from promptdet.train.evaluate import format_table
 
