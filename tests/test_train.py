@@ -556,7 +556,7 @@ def test_verifier_rescores_every_object_of_the_busiest_training_image():
 
 def test_fine_tune_saves_the_verifier_count_it_trained_with(tiny_data, tmp_path, encoder):
     import promptdet
-    from promptdet.train.trainer import Trainer, TrainArgs
+    from promptdet.train.trainer import TrainArgs, Trainer
 
     cfg = ModelConfig(imgsz=64, max_candidates=16, max_tokens=32, verify_top_k=2, verify_crop=16)
     trainer = Trainer(TrainArgs(data=str(tiny_data / "tiny.yaml"), out=str(tmp_path / "run"), epochs=1, max_steps=1,
