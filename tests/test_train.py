@@ -556,13 +556,12 @@ def test_verifier_rescores_every_object_of_the_busiest_training_image():
 
 def test_fine_tune_saves_the_verifier_count_it_trained_with(tiny_data, tmp_path, encoder):
     import promptdet
+    from promptdet.data.synth.generate import read_scenes
     from promptdet.train.trainer import TrainArgs, Trainer
 
     cfg = ModelConfig(imgsz=64, max_candidates=16, max_tokens=32, verify_top_k=2, verify_crop=16)
     trainer = Trainer(TrainArgs(data=str(tiny_data / "tiny.yaml"), out=str(tmp_path / "run"), epochs=1, max_steps=1,
                                 **TINY), cfg, encoder=encoder)
-    from promptdet.data.synth.generate import read_scenes
-
     most = max(len(scene["objects"]) for scene in read_scenes(tiny_data / "train"))
     expected = min(16, most + 4)
     assert trainer.cfg.verify_top_k == expected > 2
