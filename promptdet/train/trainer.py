@@ -111,9 +111,8 @@ def fit_verifier_to_data(cfg: ModelConfig, sources, requested: int = 0, say=prin
 
     ``requested`` > 0 sets it. 0 keeps the model's own unless an image holds more objects than it
     rescores: the verifier looks only at each prompt's top ``verify_top_k`` candidates, so with 12
-    cells in a module and 8 looks, a third of the cells keep stage 1's score, right or wrong
-    (measured on ELPV modules: the defect question's AP50 went from 0.31 to 0.42 when the same
-    fine-tuned weights rescored 16). The count changes no weight, only the work per prompt.
+    cells in a module and 8 looks, a third of the cells keep stage 1's score, right or wrong (the
+    README's ELPV example measures it). The count changes no weight, only the work per prompt.
     """
     if requested:
         if not cfg.verify_top_k:
