@@ -106,7 +106,7 @@ def most_objects_per_image(sources) -> int:
     return most
 
 
-def fit_verifier_to_data(cfg: ModelConfig, sources, requested: int = 0, say=print) -> ModelConfig:
+def fit_verifier_to_data(cfg: ModelConfig, sources, requested: int = 0, say=None) -> ModelConfig:
     """The model config with the crop verifier's ``verify_top_k`` set for the training data.
 
     ``requested`` > 0 sets it. 0 keeps the model's own unless an image holds more objects than it
@@ -128,7 +128,7 @@ def fit_verifier_to_data(cfg: ModelConfig, sources, requested: int = 0, say=prin
         top_k = max(cfg.verify_top_k, min(cfg.max_candidates, most + VERIFY_MARGIN))
         if top_k != cfg.verify_top_k and say:
             say(f"verifier: rescoring {top_k} candidates per prompt (was {cfg.verify_top_k}): a training image holds "
-                f"up to {most} objects; --verify-top-k sets it", file=sys.stderr)
+                f"up to {most} objects; --verify-top-k sets it")
     return replace(cfg, verify_top_k=top_k)
 
 
@@ -170,7 +170,7 @@ class Trainer:
             weights += [None] * len(replay)
         # The verifier must see every object of an image, or the ones it skips keep stage 1's score.
         self.cfg = model_cfg = fit_verifier_to_data(model_cfg, sources, args.verify_top_k,
-                                                    say=print if self.main else None)
+                                                    say=self._say if self.main else None)
         self.model = PromptDetector(model_cfg).to(self.device)
         if init_weights:
             missing, unexpected = self.model.load_state_dict(init_weights, strict=False)
@@ -204,6 +204,10 @@ class Trainer:
             self._resume()
 
     # ---- setup ----
+    @staticmethod
+    def _say(message: str) -> None:
+        print(message, file=sys.stderr)
+
     def _freeze_all_but(self, names: list[str]) -> None:
         """Train only the named top-level modules (a stage added to a trained model); freeze the rest."""
         if not names:
