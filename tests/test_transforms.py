@@ -50,7 +50,7 @@ def pair(text: str, names: list[str], type_: str = "category", **kw) -> Instruct
     return InstructionPair("img.jpg", text, [list(OBJECTS[n][0]) for n in names], type_, **kw)
 
 
-OFF = dict(hflip=0.0, vflip=0.0, hue=0.0, photometric=0.0, crop=0.0, blur=0.0, noise=0.0)
+OFF = {"hflip": 0.0, "vflip": 0.0, "hue": 0.0, "photometric": 0.0, "crop": 0.0, "blur": 0.0, "noise": 0.0}
 
 
 def only(**on) -> InstructionAugment:
@@ -354,7 +354,7 @@ def test_noise_and_blur_change_pixels_not_boxes():
 
 # ----------------------------------------------------------------------------- invariants
 
-ALL_ON = dict(hflip=1.0, vflip=1.0, hue=1.0, photometric=1.0, crop=1.0, blur=1.0, noise=1.0)
+ALL_ON = {"hflip": 1.0, "vflip": 1.0, "hue": 1.0, "photometric": 1.0, "crop": 1.0, "blur": 1.0, "noise": 1.0}
 
 
 @pytest.mark.parametrize("settings", [ALL_ON, {}], ids=["all_on", "defaults"])
