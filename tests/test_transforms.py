@@ -58,7 +58,7 @@ def only(**on) -> InstructionAugment:
 
 
 def mean_colour(img: np.ndarray, box) -> np.ndarray:
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (int(round(v)) for v in box)  # noqa: RUF046 -- augmented boxes may be numpy floats
     return img[y1:y2, x1:x2].reshape(-1, 3).mean(0)
 
 
