@@ -42,7 +42,7 @@ def encoder():
 
 
 def _trainer(data: Path, out: Path, encoder, resume=False, **kw):
-    from promptdet.train.trainer import Trainer, TrainArgs
+    from promptdet.train.trainer import TrainArgs, Trainer
 
     args = TrainArgs(data=str(data), out=str(out), **{**TINY, **kw})
     return Trainer(args, ModelConfig(imgsz=64, max_candidates=16, max_tokens=32), resume=resume, encoder=encoder)
@@ -440,7 +440,7 @@ def test_average_checkpoints_is_the_mean_and_refuses_other_architectures(tmp_pat
 def test_train_only_the_verifier_leaves_every_other_tensor_as_it_was(tiny_data, tmp_path, encoder):
     from promptdet.errors import UsageError
     from promptdet.model.detector import PromptDetector
-    from promptdet.train.trainer import Trainer, TrainArgs
+    from promptdet.train.trainer import TrainArgs, Trainer
 
     cfg = ModelConfig(imgsz=64, max_candidates=8, max_tokens=32, verify_top_k=4, verify_crop=16)
     torch.manual_seed(0)
