@@ -100,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(e.g. datasets/inspection.yaml once data/inspection is rendered), or 'auto': render "
                         "--replay-scenes training and --synthetic-test test scenes into OUT/synthetic.")
     t.add_argument("--replay-ratio", type=float, default=0.5, help="Share of the samples drawn from --replay.")
+    t.add_argument("--distill", type=float, default=0.0,
+                   help="Keep the starting model's scores on the replay images (promptdet train --distill; 0 = off).")
     t.add_argument("--replay-scenes", type=int, default=1000, help="Synthetic training scenes rendered for --replay auto.")
     t.add_argument("--no-replay", action="store_true", help="Fine-tune without replay only.")
     t.add_argument("--skip-no-replay", action="store_true", help="Do not also fine-tune without replay (the forgetting figure).")
@@ -254,6 +256,8 @@ def finetune(tag: str, args, out: Path, data: Path, replay: Path | None) -> tupl
         cmd += ["--empty-weight", args.empty_weight]
     if replay is not None:
         cmd += ["--replay", replay, "--replay-ratio", args.replay_ratio]
+        if args.distill:
+            cmd += ["--distill", args.distill]
     wall = promptdet(*cmd)
     log(f"fine-tune {tag}: {wall:.1f}s")
     return run, wall

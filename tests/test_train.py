@@ -570,3 +570,106 @@ def test_fine_tune_saves_the_verifier_count_it_trained_with(tiny_data, tmp_path,
     _, meta = ckpt.load_checkpoint(tmp_path / "run" / "best.safetensors")
     assert meta["model"]["verify_top_k"] == expected
     assert promptdet.load(tmp_path / "run").detector.verifier.top_k == expected
+
+
+def _outputs(dense: torch.Tensor, cand_logits: torch.Tensor, m: int):
+    """A DetectorOutput with the given stage-1 logits [B, K, A] and final logits [B, K, M] at stage 1's top M."""
+    from promptdet.model.detector import DetectorOutput
+
+    b, k, a = dense.shape
+    idx = dense.topk(m, dim=2).indices
+    return DetectorOutput(box_dist=torch.zeros(b, a, 4), boxes_xyxy=torch.zeros(b, a, 4), dense_logits=dense,
+                          cand_idx=idx, cand_logits=cand_logits, cand_valid=torch.ones(b, k, m, dtype=torch.bool),
+                          anchor_points=torch.zeros(a, 2), stride_tensor=torch.ones(a, 1),
+                          region_embeds=torch.zeros(b, a, 8), image_familiarity=torch.ones(b),
+                          prompt_familiarity=torch.ones(1, k))
+
+
+def test_distillation_loss_is_zero_at_agreement_and_pulls_the_student_back():
+    from promptdet.train.loss import distillation_loss, rows_of
+
+    g = torch.Generator().manual_seed(0)
+    dense, cand = torch.randn(3, 2, 40, generator=g) * 3, torch.randn(3, 2, 6, generator=g) * 3
+    teacher = _outputs(dense, cand, 6)
+    valid = torch.ones(3, 2, dtype=torch.bool)
+    assert abs(float(distillation_loss(teacher, teacher, valid))) < 1e-5
+    # A student that drifted: each stage's disagreement costs, and a gradient step on it comes back.
+    drifted_final = torch.nn.Parameter(cand + 2.0)
+    student = _outputs(dense, drifted_final, 6)
+    loss = distillation_loss(student, teacher, valid)
+    assert loss > 0.1
+    loss.backward()
+    assert (drifted_final.grad > 0).all()  # every raised logit is pushed back down
+    assert distillation_loss(_outputs(dense + 1.0, cand, 6), teacher, valid) > 0.1
+    # Candidates the teacher did not have are pushed towards 0, not ignored.
+    other = _outputs(-dense, torch.full_like(cand, 3.0), 6)
+    assert distillation_loss(other, teacher, valid) > distillation_loss(_outputs(-dense, torch.full_like(cand, -3.0), 6),
+                                                                        teacher, valid)
+    # Padding prompts and an empty set of rows cost nothing.
+    assert float(distillation_loss(student, teacher, torch.zeros(3, 2, dtype=torch.bool)).detach()) == 0.0
+    none = torch.zeros(3, dtype=torch.bool)
+    assert float(distillation_loss(rows_of(student, none), rows_of(teacher, none), valid[none])) == 0.0
+    picked = rows_of(teacher, torch.tensor([False, True, False]))
+    assert torch.equal(picked.dense_logits, dense[1:2]) and picked.anchor_points.shape == (40, 2)
+
+
+def test_distill_needs_a_starting_model_and_replay_data(tiny_data, tmp_path, encoder):
+    from promptdet.errors import UsageError
+
+    with pytest.raises(UsageError, match="--distill .*--weights .*--replay"):
+        _trainer(tiny_data / "tiny.yaml", tmp_path / "a", encoder, epochs=1, max_steps=1, distill=1.0)
+    r = _run([sys.executable, "-m", "promptdet.cli.main", "train", "--data", str(tiny_data / "tiny.yaml"), "--imgsz", "64",
+              "--replay", str(tiny_data / "tiny.yaml"), "--distill", "1", "--out", str(tmp_path / "b")], tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "--distill keeps the starting model's answers" in r.stderr.strip().splitlines()[-1]
+
+
+def test_distill_scores_only_the_replay_images_with_the_frozen_starting_model(tiny_data, tmp_path, encoder):
+    import csv
+    import shutil
+
+    from promptdet.data.dataset import collate
+    from promptdet.data.formats.jsonl import write_pairs
+    from promptdet.data.pairs import InstructionPair
+    from promptdet.train.validate import encode_prompt_grid
+
+    base_run = _trainer(tiny_data / "tiny.yaml", tmp_path / "base", encoder, epochs=1, max_steps=1)
+    base_run.train()
+    start = {k: v.clone() for k, v in base_run.model.state_dict().items()}
+    user = tmp_path / "user"
+    user.mkdir()
+    for name in ("000000.jpg", "000001.jpg"):
+        shutil.copy(tiny_data / "train" / "images" / name, user / name)
+    write_pairs([InstructionPair("000000.jpg", "find the widgets", [[1, 1, 60, 60]], "category"),
+                 InstructionPair("000001.jpg", "find the widgets", [[30, 20, 150, 110]], "category")],
+                user / "instructions.jsonl")
+    args = {"epochs": 1, "max_steps": 2, "replay": str(tiny_data / "tiny.yaml"), "replay_ratio": 0.5, "distill": 1.0,
+            "freeze_bn": True}
+    from promptdet.train.trainer import TrainArgs, Trainer
+
+    trainer = Trainer(TrainArgs(data=str(user), out=str(tmp_path / "ft"), **{**TINY, **args}), base_run.cfg,
+                      init_weights=start, encoder=encoder)
+    assert trainer.replay_from == 1
+    # A batch of two user images and two replay images: the teacher sees the replay two only.
+    user_idx = [i for i in range(len(trainer.train_set)) if trainer.train_set.source_of(i) == 0]
+    replay_idx = [i for i in range(len(trainer.train_set)) if trainer.train_set.source_of(i) == 1]
+    images, prompts, targets, _ = collate([trainer.train_set[i] for i in user_idx[:2] + replay_idx[:2]])
+    assert targets.source.tolist() == [0, 0, 1, 1]
+    x = images.float() / 255
+    pooled, tokens, mask = encode_prompt_grid(encoder, prompts, "cpu")
+    out, rows = trainer._teacher_answers(x, pooled, tokens, mask, targets, False, torch.float32)
+    assert rows.tolist() == [False, False, True, True]
+    with torch.no_grad():
+        direct = trainer.teacher(x[2:], pooled[2:], tokens[2:], mask[2:])
+    assert torch.equal(out.dense_logits, direct.dense_logits) and torch.equal(out.cand_logits, direct.cand_logits)
+    only_user = collate([trainer.train_set[i] for i in user_idx[:2]])
+    assert trainer._teacher_answers(x[:2], pooled[:2], tokens[:2], mask[:2], only_user[2], False, torch.float32) == \
+        (None, None)
+
+    trainer.train()
+    # The teacher stayed the starting model, the loss was logged, and the checkpoint holds no teacher.
+    assert all(torch.equal(v, start[k]) for k, v in trainer.teacher.state_dict().items())
+    assert any(not torch.equal(v, start[k]) for k, v in trainer.model.state_dict().items() if v.is_floating_point())
+    with (tmp_path / "ft" / "results.csv").open() as fh:
+        assert float(next(csv.DictReader(fh))["train/distill"]) >= 0.0
+    assert not any("teacher" in k for k in ckpt.load_checkpoint(tmp_path / "ft" / "last.safetensors")[0])

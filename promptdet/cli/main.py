@@ -236,6 +236,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Resume from the run folder's last checkpoint."),
     replay: str = typer.Option(None, "--replay", help="Base data to mix in while fine-tuning, so earlier skills stay."),
     replay_ratio: float = typer.Option(0.3, "--replay-ratio", min=0.0, max=0.9, help="Share of samples drawn from --replay."),
+    distill: float = typer.Option(0.0, "--distill", min=0.0,
+                                  help="Weight of a loss that keeps the --weights model's scores on the --replay "
+                                       "images (its answers, not only its labels). 0 = off."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(0, "--workers", min=0, help="Data loader processes (0 = in the training process)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -260,7 +263,7 @@ def train(
                           prompt_lr_mult=prompt_lr_mult,
                           absent_rate=absent_rate, absent_mix=absent_mix, native_crop=native_crop,
                           foreign_absent=foreign_absent, distractors=distractors, max_steps=max_steps,
-                          val_imgsz=val_imgsz, defect_probe=defect_probe, empty_weight=empty_weight, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, device=device, workers=workers, seed=seed,
+                          val_imgsz=val_imgsz, defect_probe=defect_probe, empty_weight=empty_weight, type_weights=weights_by_type, replay=replay, replay_ratio=replay_ratio, distill=distill, device=device, workers=workers, seed=seed,
                           time=time_hours, cache_images=cache, warmup_epochs=warmup_epochs,
                           train_only=[n.strip() for n in train_only.split(",") if n.strip()], freeze_bn=freeze_bn,
                           verify_top_k=verify_top_k)

@@ -45,6 +45,7 @@ class Sample:
     # Every part of a synthetic scene and its defect kind (index into DEFECT_KINDS); empty otherwise.
     part_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # [N, 4] input pixels
     part_kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [N]
+    source: int = 0  # index of the training source the image came from (replay sources come last)
 
 
 # The defect-kind labels of the training-time probe (see promptdet.train.loss.DefectProbe).
@@ -230,7 +231,7 @@ class PromptDataset(Dataset):
         image = cv2.cvtColor(distractor_image(rng, self.imgsz), cv2.COLOR_BGR2RGB)
         types = ["absent"] * len(pairs) + ["pad"] * (self.k - len(pairs))
         return Sample(image, prompts, empty, [e.copy() for e in empty], valid, types,
-                      np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+                      np.zeros((0, 4), np.float32), np.zeros(0, np.int64), self.entries[i].source)
 
     def __getitem__(self, i: int) -> Sample:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
@@ -271,7 +272,7 @@ class PromptDataset(Dataset):
         kinds = [DEFECT_KINDS.index(o["defects"][0]) if o["defects"] else 0 for o in scene["objects"]] if scene else []
         return Sample(cv2.cvtColor(boxed, cv2.COLOR_BGR2RGB), prompts, answers, group, valid, types,
                       lb.boxes_to_input(np.array(parts.boxes_xyxy, np.float32).reshape(-1, 4)),
-                      np.array(kinds, np.int64))
+                      np.array(kinds, np.int64), self.entries[i].source)
 
 
 def _pad(boxes: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,4 +303,5 @@ def collate(samples: list[Sample]):
     for i, s in enumerate(samples):
         kinds[i, :len(s.part_kinds)] = torch.from_numpy(s.part_kinds)
     targets.part_boxes, targets.part_kinds = parts, kinds
+    targets.source = torch.tensor([s.source for s in samples], dtype=torch.long)
     return images, [s.prompts for s in samples], targets, [s.types for s in samples]

@@ -38,11 +38,13 @@ class PromptTargets:
     # Every part of each image and its defect kind (-1 = padding or unknown): part_boxes [B, N, 4], part_kinds [B, N].
     part_boxes: torch.Tensor | None = None
     part_kinds: torch.Tensor | None = None
+    # The training source of each image [B] (see PromptDataset; replay sources come last).
+    source: torch.Tensor | None = None
 
     def to(self, device) -> "PromptTargets":
         return PromptTargets(*(None if t is None else t.to(device) for t in (
             self.answer_boxes, self.answer_mask, self.group_boxes, self.group_mask, self.prompt_valid,
-            self.part_boxes, self.part_kinds)))
+            self.part_boxes, self.part_kinds, self.source)))
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,6 +61,23 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.is_floating_point() else x
 
 
+def _upcast(out: DetectorOutput) -> DetectorOutput:
+    return DetectorOutput(**{f.name: _as_float(getattr(out, f.name)) for f in fields(out)})
+
+
+# Per-image outputs (first dimension B); the rest (anchors, strides) are shared by the batch.
+_PER_IMAGE = ("box_dist", "boxes_xyxy", "dense_logits", "cand_idx", "cand_logits", "cand_valid", "region_embeds",
+              "image_familiarity")
+
+
+def rows_of(out: DetectorOutput, rows: torch.Tensor) -> DetectorOutput:
+    """The outputs of the images ``rows`` (a [B] bool mask or indices) of a batch."""
+    picked = {name: getattr(out, name)[rows] for name in _PER_IMAGE}
+    familiarity = out.prompt_familiarity
+    picked["prompt_familiarity"] = familiarity[rows] if familiarity.shape[0] == out.dense_logits.shape[0] else familiarity
+    return DetectorOutput(**picked, anchor_points=out.anchor_points, stride_tensor=out.stride_tensor)
+
+
 class PromptDetLoss:
     """Weights follow YOLO's defaults (box 7.5, cls 0.5, dfl 1.5); ``reason`` weighs stage 2.
 
@@ -69,19 +88,24 @@ class PromptDetLoss:
 
     Stage 1 (assignment over every anchor, BCE, box losses) is skipped when its outputs carry no
     gradient: a run that trains only later stages (``--train-only verifier``) gains nothing from it.
+
+    ``distill`` weighs :func:`distillation_loss` on the rows given as ``distill_rows``, against the
+    ``teacher``'s output for those rows (a fine-tune keeping its starting model's answers on the replay
+    data). 0 = off.
     """
 
     def __init__(self, reg_max: int = 16, box: float = 7.5, cls: float = 0.5, dfl: float = 1.5,
-                 reason: float = 1.0, topk: int = 10, empty: float = 0.0):
+                 reason: float = 1.0, topk: int = 10, empty: float = 0.0, distill: float = 0.0):
         self.reg_max = reg_max
-        self.weights = {"box": box, "cls": cls, "dfl": dfl, "reason": reason, "empty": empty}
+        self.weights = {"box": box, "cls": cls, "dfl": dfl, "reason": reason, "empty": empty, "distill": distill}
         self.assigner = TaskAlignedAssigner(topk=topk, num_classes=1, alpha=0.5, beta=6.0)
         self.bbox_loss = BboxLoss(reg_max)
 
-    def __call__(self, out: DetectorOutput, t: PromptTargets, imgsz_hw: tuple[int, int]):
+    def __call__(self, out: DetectorOutput, t: PromptTargets, imgsz_hw: tuple[int, int],
+                 teacher: DetectorOutput | None = None, distill_rows: torch.Tensor | None = None):
         # Under AMP the forward pass gives half-precision tensors; the assigner writes float32 IoUs into
         # a tensor of the boxes' dtype and the losses need float32 range, so upcast (as ultralytics does).
-        out = DetectorOutput(**{f.name: _as_float(getattr(out, f.name)) for f in fields(out)})
+        out = _upcast(out)
         b = out.dense_logits.shape[0]
         anchors_px = out.anchor_points * out.stride_tensor
 
@@ -108,6 +132,9 @@ class PromptDetLoss:
                  "reason": loss_reason * w["reason"]}
         if w["empty"]:
             items["empty"] = empty_answer_loss(out.cand_logits, out.cand_valid, t) * w["empty"]
+        if w["distill"] and teacher is not None:
+            items["distill"] = distillation_loss(rows_of(out, distill_rows), _upcast(teacher),
+                                                 t.prompt_valid[distill_rows]) * w["distill"]
         total = sum(items.values()) * b  # YOLO scales by batch size; keeps LR defaults comparable
         return total, {key: float(v.detach()) for key, v in items.items()}
 
@@ -210,3 +237,31 @@ class CropDefectProbe(DefectProbe):
         batch_index = keep.nonzero(as_tuple=True)[0]
         emb = verifier.embed_boxes(images, part_boxes[keep].to(images.dtype), batch_index)
         return F.cross_entropy(self.linear(emb * 8.0), part_kinds[keep], weight=self.class_weight)
+
+
+def distillation_loss(student: DetectorOutput, teacher: DetectorOutput, prompt_valid: torch.Tensor) -> torch.Tensor:
+    """Keep a starting model's answers: the KL divergence of the student's scores from the teacher's.
+
+    student, teacher: outputs for the same images and prompts; prompt_valid [B, K] -> a scalar, 0 where
+    the student scores as the teacher does. Two terms, each normalised by the teacher's probability
+    mass as the detection losses are by their targets': stage 1 at every anchor, and the final score
+    of each of the student's candidates against the teacher's final probability at that anchor (0
+    where the teacher did not make it a candidate: its score there was too low to become a box).
+    Boxes are not matched: the replay data's own boxes train them.
+    """
+    if not prompt_valid.numel():
+        return student.dense_logits.sum() * 0.0
+    valid = prompt_valid[:, :, None].to(student.dense_logits.dtype)
+    soft = teacher.dense_logits.sigmoid()
+    dense = (_bernoulli_kl(student.dense_logits, soft) * valid).sum() / (soft * valid).sum().clamp(min=1.0)
+    final = torch.zeros_like(teacher.dense_logits)  # [B, K, A]: the teacher's answer at every anchor
+    final.scatter_reduce_(2, teacher.cand_idx, teacher.cand_logits.sigmoid() * teacher.cand_valid, reduce="amax")
+    target = torch.gather(final, 2, student.cand_idx)
+    weight = student.cand_valid.to(target.dtype) * valid
+    return dense + (_bernoulli_kl(student.cand_logits, target) * weight).sum() / (target * weight).sum().clamp(min=1.0)
+
+
+def _bernoulli_kl(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """KL(p || sigmoid(logits)) elementwise: the BCE less the target's own entropy, so 0 at agreement."""
+    entropy = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+    return F.binary_cross_entropy_with_logits(logits, p, reduction="none") - entropy

@@ -62,6 +62,7 @@ class TrainArgs:
     cache_images: bool = True
     replay: str | None = None  # base data mixed in while fine-tuning, so earlier skills are kept
     replay_ratio: float = 0.3
+    distill: float = 0.0  # weight of keeping the starting model's scores on the replay images (see train.loss)
     max_steps: int = 0  # stop after this many optimizer steps (0 = run every epoch); the LR schedule ends there
     time: float = 0.0  # hours; when set, the cosine follows the time spent and the run stops when it is spent
     verify_top_k: int = 0  # candidates per prompt the crop verifier rescores; 0 = the model's, raised to fit the data
@@ -163,6 +164,10 @@ class Trainer:
             raise UsageError(f"{args.data}: the dataset lists no train sources")
         sources = [load_source(self.dataset_cfg, s, seed=args.seed) for s in self.dataset_cfg.train]
         weights = [s.weight for s in self.dataset_cfg.train]
+        self.replay_from = len(sources)  # sources from here on are the replay data
+        if args.distill and not (args.replay and init_weights):
+            raise UsageError("--distill keeps the starting model's answers on the replay data: give --weights "
+                             "(the starting model) and --replay (its base data)")
         if args.replay:
             base = resolve_dataset(args.replay)
             replay = [load_source(base, s, seed=args.seed) for s in base.train]
@@ -177,9 +182,14 @@ class Trainer:
             if self.main and (missing or unexpected):
                 print(f"initial weights: {len(missing)} missing and {len(unexpected)} unexpected tensors",
                       file=sys.stderr)
+        self.teacher = None
+        if args.distill:
+            # The starting model, frozen: its scores on the replay images are what the fine-tune keeps.
+            self.teacher = PromptDetector(model_cfg).to(self.device).eval().requires_grad_(False)
+            self.teacher.load_state_dict(init_weights, strict=False)
         self._freeze_all_but(args.train_only)
         self.ema = ModelEMA(self.model, decay=args.ema_decay)
-        self.loss = PromptDetLoss(model_cfg.reg_max, empty=args.empty_weight)
+        self.loss = PromptDetLoss(model_cfg.reg_max, empty=args.empty_weight, distill=args.distill)
         self.probe, self.probe_on_crops = None, False
         if args.defect_probe > 0:
             from promptdet.data.dataset import DEFECT_KINDS
@@ -368,6 +378,22 @@ class Trainer:
             print(f"resumed from {self.out / 'last.safetensors'}: continuing with epoch {self.start_epoch + 1}",
                   file=sys.stderr)
 
+    def _teacher_answers(self, images, pooled, tokens, mask, targets, use_amp, amp_dtype):
+        """The starting model's output for the batch's replay images, and their [B] mask (None, None without
+        --distill or when the batch holds no replay image)."""
+        if self.teacher is None or targets.source is None:
+            return None, None
+        rows = targets.source >= self.replay_from
+        if not rows.any():
+            return None, None
+        b = images.shape[0]
+
+        def pick(x):  # prompt tensors are [B|1, K, ...]: one row per image, or one shared by all
+            return x[rows] if x.shape[0] == b else x
+
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+            return self.teacher(images[rows], pick(pooled), pick(tokens), pick(mask)), rows
+
     def _raw_model(self) -> PromptDetector:
         return self.model.module if hasattr(self.model, "module") else self.model
 
@@ -412,7 +438,8 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                     out = model(images, pooled, tokens, mask)
                 targets = targets.to(self.device)
-                loss, items = self.loss(out, targets, images.shape[2:])  # float32 (see the loss)
+                teacher_out, replay_rows = self._teacher_answers(images, pooled, tokens, mask, targets, use_amp, amp_dtype)
+                loss, items = self.loss(out, targets, images.shape[2:], teacher_out, replay_rows)  # float32 (see the loss)
                 if self.probe is not None and targets.part_boxes is not None:
                     if self.probe_on_crops:
                         probe_loss = self.probe(self._raw_model().verifier, images, targets.part_boxes, targets.part_kinds)
