@@ -16,7 +16,12 @@ import pytest
 
 from promptdet.checks import default_text_encoder_dir
 from promptdet.errors import PromptdetError, UsageError
-from promptdet.text import MAX_PROMPT_CHARS, EmbeddingCache, PromptError, normalize_prompts
+from promptdet.text import (
+    MAX_PROMPT_CHARS,
+    EmbeddingCache,
+    PromptError,
+    normalize_prompts,
+)
 
 # The prompt and cache tests above the encoders need no torch (the edge install has none), so only
 # the encoder tests skip without it, each on its own.
@@ -182,15 +187,16 @@ def tiny_clip_dirs(tmp_path_factory):
     if MINILM is None:
         pytest.skip("needs the MiniLM tokenizer files")
     # The MiniLM tokenizer stands in for CLIP's: [CLS]=101 starts, [SEP]=102 ends, where CLIP pools.
-    text = dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=64, bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    text = {"vocab_size": 30522, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 64, "bos_token_id": 101, "eos_token_id": 102,
+            "pad_token_id": 0}
     torch.manual_seed(0)
     tower = tmp_path_factory.mktemp("tiny-clip-text")
     tower_config = transformers.CLIPTextConfig(projection_dim=16, **text)
     transformers.CLIPTextModelWithProjection(tower_config).save_pretrained(tower)
     full = tmp_path_factory.mktemp("tiny-clip")
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=16)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 16}
     transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
                            ).save_pretrained(full)
     for folder in (tower, full):
@@ -236,7 +242,7 @@ def test_padding_and_order_change_nothing(minilm, monkeypatch):
 @needs_minilm
 def test_cache_hit_is_identical_and_faster(minilm, monkeypatch):
     monkeypatch.setattr(minilm, "cache", EmbeddingCache())
-    minilm.identity  # hashed once, lazily; keep it out of the timing
+    _ = minilm.identity  # hashed once, lazily; keep it out of the timing
     misses, hits = [], []
     for i in range(3):
         prompt = f"the bottle number {i} with a loose cap"
