@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -11,7 +12,12 @@ from typer.testing import CliRunner
 
 from promptdet.cli.main import app
 from promptdet.data.synth.generate import read_scenes
-from promptdet.data.synth.video import gt_path_for, read_gt, render_conveyor, render_frame_scenes
+from promptdet.data.synth.video import (
+    gt_path_for,
+    read_gt,
+    render_conveyor,
+    render_frame_scenes,
+)
 from promptdet.data.vocab import CATEGORIES, COLORS_BY_CATEGORY, DEFECTS_BY_CATEGORY
 
 SMALL = (320, 240)  # keeps the suite fast; nothing here depends on resolution
@@ -58,7 +64,7 @@ def test_video_opens_with_the_promised_frames(video):
 
 
 def test_gt_one_line_per_frame_with_the_schema(video):
-    path, report = video
+    _path, report = video
     lines = report.gt.read_text().splitlines()
     assert len(lines) == report.num_frames
     records = [json.loads(line) for line in lines]
@@ -96,7 +102,7 @@ def test_fully_in_view_matches_the_box(long_gt):
                 assert p["visible_frac"] < 1.0
             boxes.append((x1, x2))
         boxes.sort()
-        assert all(a[1] <= b[0] for a, b in zip(boxes, boxes[1:]))  # parts never overlap
+        assert all(a[1] <= b[0] for a, b in pairwise(boxes))  # parts never overlap
     assert seen_full and seen_partial
 
 
@@ -147,7 +153,7 @@ def test_defect_rate_and_categories(tmp_path):
 
 
 def test_defect_weights_pick_the_kind_and_none_keeps_old_videos(tmp_path, video):
-    path, report = video
+    _path, report = video
     same = render_conveyor(tmp_path / "same.mp4", seconds=2, fps=10, size_wh=SMALL, seed=3, defect_weights=None)
     assert same.gt.read_text() == report.gt.read_text()  # no weights: the draw older videos were made with
     caps = render_conveyor(tmp_path / "caps.mp4", seconds=3, size_wh=SMALL, defect_rate=1.0,
