@@ -56,7 +56,7 @@ def test_empty_input_gives_empty_arrays():
 def test_prompts_never_suppress_each_other(contained):
     boxes = np.array([[BOTTLE, CAP], [CAP, BOTTLE]], np.float32)  # [K=2, M=2, 4]
     scores = np.array([[0.9, 0.1], [0.8, 0.1]], np.float32)
-    b, s, ids = select_detections(boxes, scores, 0.25, 0.6, 10, contained)
+    b, _s, ids = select_detections(boxes, scores, 0.25, 0.6, 10, contained)
     # Prompt 1's cap survives although prompt 0's bottle contains it.
     assert ids.tolist() == [0, 1] and np.allclose(b, [BOTTLE, CAP])
 
@@ -105,7 +105,7 @@ def test_equal_scores_keep_their_input_order(scores):
     boxes = np.array([[30 * i, 0, 30 * i + 10, 10] for i in range(len(scores))], float)
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     assert nms(boxes, scores, 0.5).tolist() == order
-    b, s, ids = select_detections(boxes[None].astype(np.float32), scores[None].astype(np.float32), 0.5, 0.5, 1000)
+    b, _s, _ids = select_detections(boxes[None].astype(np.float32), scores[None].astype(np.float32), 0.5, 0.5, 1000)
     np.testing.assert_array_equal(b, boxes[order])
 
 
